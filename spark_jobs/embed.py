@@ -1,0 +1,108 @@
+"""embed: MobileNetV2 transfer learning, 1,280 features per image.
+
+    spark-submit --py-files fruits_common.zip embed.py \
+        --input URI --output URI --weights WEIGHTS [--batch-size N]
+
+Reads the clean dataset, embeds only the ``image_id``s not yet in ``<output>`` (incremental), and appends
+them to ``<output>`` partitioned by ``ingest_date``. WEIGHTS is ``imagenet`` (Keras downloads them) or a
+path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h5``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from fruits_common import embedding, images, schemas, storage
+from fruits_common.errors import JobError
+from fruits_common.spark import main, positive_int
+
+log = logging.getLogger("fruits.embed")
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line (an interface: the DAG and the docs call it)."""
+    parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="root of the clean dataset (Parquet)")
+    parser.add_argument("--output", required=True, help="root of the features dataset (Parquet)")
+    parser.add_argument("--weights", required=True,
+                        help="'imagenet', or a path or s3:// URI of the MobileNetV2 no-top .h5 weights")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})")
+    return parser
+
+
+def _ship_weights(spark: SparkSession, weights: str) -> str:
+    """Make the weights file available on every executor; returns its name for ``SparkFiles.get``.
+
+    ``imagenet`` is resolved on the driver (Keras cache or one download), so executors need no internet
+    and a missing download fails here with a clear message instead of inside a Spark task.
+    """
+    if weights == embedding.IMAGENET:
+        weights = embedding.download_imagenet_weights()
+    elif not storage.exists(spark, weights):
+        raise JobError(f"weights file not found: {weights}")
+    # addFile copies from any Hadoop path (s3:// on EMR) to each executor's work directory once.
+    spark.sparkContext.addFile(weights)
+    return os.path.basename(weights.rstrip("/"))
+
+
+def _embed_batches(weights_name: str, threads: int):
+    """mapInPandas function: decode, resize and embed each Arrow batch with the worker's cached model."""
+
+    def embed(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = embedding.get_model(SparkFiles.get(weights_name), threads)
+        for batch in batches:
+            pixels = np.stack([images.model_input(c) for c in batch["content"]])
+            features = model(pixels)
+            yield pd.DataFrame({
+                "image_id": batch["image_id"], "path": batch["path"], "label": batch["label"],
+                "features": list(features),
+                schemas.PARTITION_COLUMN: batch[schemas.PARTITION_COLUMN],
+            })
+
+    return embed
+
+
+def run(spark: SparkSession, input: str, output: str, weights: str,
+        batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Embed the clean images under ``input`` that ``output`` does not hold yet."""
+    if not storage.exists(spark, input):
+        raise JobError(f"input (clean dataset) does not exist: {input}")
+    clean = spark.read.schema(schemas.CLEAN).parquet(input)
+    new = clean.select("image_id", "path", "label", "content", schemas.PARTITION_COLUMN)
+    if storage.has_parquet(spark, output):
+        done = spark.read.schema(schemas.EMBED).parquet(output).select("image_id")
+        new = new.join(done, "image_id", "left_anti")
+    new = new.dropDuplicates(["image_id"])  # clean guarantees it; cheap insurance for the append below
+
+    todo = new.count()  # reads ids only (column pruning): sizes the partitions below
+    cores = spark.sparkContext.defaultParallelism
+    # Few large partitions (one per core at least) keep each worker's model busy; cap at ~4,000 images
+    # per task so a lost executor costs minutes, not the whole run.
+    partitions = max(cores, -(-todo // 4000))
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+
+    weights_name = _ship_weights(spark, weights)
+    embedded = new.repartition(partitions, "image_id").mapInPandas(
+        _embed_batches(weights_name, threads), schema=schemas.EMBED)
+    (embedded.write.mode("append").option("compression", "zstd")
+     .partitionBy(schemas.PARTITION_COLUMN).parquet(output))
+    summary = {"embedded": todo, "partitions": partitions, "batch_size": batch_size}
+    log.info("embed: %s", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main("fruits-embed", build_parser(), run))

@@ -1,0 +1,53 @@
+"""Schemas of the intermediate datasets: the contract between the jobs (and with the product team)."""
+from pyspark.sql.types import (
+    ArrayType, BinaryType, DateType, FloatType, IntegerType, LongType, StringType, StructField, StructType,
+)
+
+PARTITION_COLUMN = "ingest_date"
+
+# stages/clean/ingest_date=YYYY-MM-DD/: valid, de-duplicated images with their original bytes.
+CLEAN = StructType([
+    StructField("image_id", StringType(), False),
+    StructField("path", StringType(), False),
+    StructField("label", StringType(), True),
+    StructField("width", IntegerType(), False),
+    StructField("height", IntegerType(), False),
+    StructField("format", StringType(), False),
+    StructField("size_bytes", LongType(), False),
+    StructField("content", BinaryType(), False),
+    StructField(PARTITION_COLUMN, DateType(), False),
+])
+
+# stages/rejected/ingest_date=YYYY-MM-DD/: every input file that was not kept, and why.
+REJECTED = StructType([
+    StructField("image_id", StringType(), True),
+    StructField("path", StringType(), False),
+    StructField("label", StringType(), True),
+    StructField("size_bytes", LongType(), False),
+    StructField("reason", StringType(), False),
+    StructField("detail", StringType(), True),
+    StructField(PARTITION_COLUMN, DateType(), False),
+])
+
+# stages/embed/: MobileNetV2 features, 1,280 float32 per image.
+EMBED = StructType([
+    StructField("image_id", StringType(), False),
+    StructField("path", StringType(), False),
+    StructField("label", StringType(), True),
+    StructField("features", ArrayType(FloatType(), False), False),
+    StructField(PARTITION_COLUMN, DateType(), False),
+])
+
+# stages/pca/: the product's output, the PCA projection of the features.
+PCA = StructType([
+    StructField("image_id", StringType(), False),
+    StructField("path", StringType(), False),
+    StructField("label", StringType(), True),
+    StructField("pca", ArrayType(FloatType(), False), False),
+    StructField(PARTITION_COLUMN, DateType(), False),
+])
+
+
+def without_partition(schema: StructType) -> StructType:
+    """The schema of the files inside one partition folder (the partition value lives in the path)."""
+    return StructType([f for f in schema.fields if f.name != PARTITION_COLUMN])

@@ -1,0 +1,89 @@
+"""Small file operations on any Hadoop path (local folder, file://, s3:// on EMR) through Spark's JVM.
+
+The jobs use these for what DataFrames don't cover: checking that a path exists and writing small
+JSON/PNG files next to their outputs, with the same credentials and connectors as Spark itself.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from pyspark.sql import SparkSession
+
+
+def _hadoop_path(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, path
+
+
+def qualify(spark: SparkSession, uri: str) -> str:
+    """The fully qualified form of ``uri`` (``file:/abs/dir`` or ``s3://bucket/key``), as Spark reports paths."""
+    fs, path = _hadoop_path(spark, uri)
+    return fs.makeQualified(path).toString().rstrip("/")
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    """Whether a file or folder exists at ``uri``."""
+    fs, path = _hadoop_path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def has_parquet(spark: SparkSession, uri: str) -> bool:
+    """Whether ``uri`` is a folder holding at least one Parquet file (at any depth)."""
+    fs, path = _hadoop_path(spark, uri)
+    if not fs.exists(path):
+        return False
+    files = fs.listFiles(path, True)
+    while files.hasNext():
+        if files.next().getPath().getName().endswith(".parquet"):
+            return True
+    return False
+
+
+def list_files(spark: SparkSession, uri: str) -> Iterator[tuple[str, int]]:
+    """``(qualified path, length)`` of every file under ``uri``, recursively, skipping hidden ones.
+
+    Hidden means a name under ``uri`` that starts with ``_`` or ``.``, the names Spark's file sources skip.
+    """
+    fs, path = _hadoop_path(spark, uri)
+    root = fs.makeQualified(path).toString().rstrip("/") + "/"
+    files = fs.listFiles(path, True)
+    while files.hasNext():
+        status = files.next()
+        name = status.getPath().toString()
+        relative = name[len(root):] if name.startswith(root) else name
+        if any(part.startswith(("_", ".")) for part in relative.split("/")):
+            continue
+        yield name, int(status.getLen())
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write (replace) a small file from the driver."""
+    fs, path = _hadoop_path(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write (replace) a small UTF-8 text file from the driver."""
+    write_bytes(spark, uri, text.encode("utf-8"))
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    """Read a small UTF-8 text file on the driver."""
+    fs, path = _hadoop_path(spark, uri)
+    jvm = spark.sparkContext._jvm
+    stream = fs.open(path)
+    try:
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with single slashes (``s3://b/stages/`` + ``clean`` -> ``s3://b/stages/clean``)."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
