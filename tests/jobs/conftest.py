@@ -1,0 +1,77 @@
+"""Fixtures for the Spark job tests: one local[2] session, and the whole pipeline run once on the sample."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+RUN_DATE = dt.date(2026, 11, 24)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local Spark with 2 cores; Python workers import the jobs' shared package like on a cluster."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT / "spark_jobs"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("fruits-tests")
+               .config("spark.driver.memory", "4g")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "8")
+               .config("spark.sql.session.timeZone", "UTC")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def copy_images(source: Path, target: Path, per_label: int | None = None,
+                splits: tuple[str, ...] = ("Training", "Test"), skip: int = 0) -> list[Path]:
+    """Copy ``per_label`` images (after the first ``skip``) of each label of each split, keeping the layout."""
+    copied = []
+    for split in splits:
+        for label_dir in sorted((source / split).iterdir()):
+            files = sorted(label_dir.glob("*.jpg"))[skip:]
+            for file in files[:per_label] if per_label else files:
+                destination = target / split / label_dir.name / file.name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, destination)
+                copied.append(destination)
+    return copied
+
+
+@dataclass
+class PipelineRun:
+    """Where one run of clean -> embed -> pca on the whole sample wrote its outputs."""
+
+    root: Path
+    clean: dict
+    embed: dict
+    pca: dict
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return {name: str(self.root / name) for name in ("clean", "rejected", "embed", "pca", "model")}
+
+
+@pytest.fixture(scope="session")
+def full_run(spark, sample_dir, weights_file, tmp_path_factory) -> PipelineRun:
+    """All 4,800 real sample images through the three jobs once (the slow part of the suite)."""
+    import clean
+    import embed
+    import pca
+
+    root = tmp_path_factory.mktemp("full_run")
+    clean_summary = clean.run(spark, str(sample_dir), str(root / "clean"), str(root / "rejected"), RUN_DATE)
+    embed_summary = embed.run(spark, str(root / "clean"), str(root / "embed"), str(weights_file))
+    pca_summary = pca.run(spark, str(root / "embed"), str(root / "pca"), str(root / "model"), variance=0.9)
+    return PipelineRun(root, clean_summary, embed_summary, pca_summary)

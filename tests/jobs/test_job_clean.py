@@ -1,0 +1,117 @@
+"""clean on real images with real Spark: counts, schema, labels, rejections, duplicates, re-runs."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import pytest
+from pyspark.sql import functions as F
+
+import bad_images
+import clean
+from fruits_common import schemas
+from fruits_common.errors import JobError
+from jobs.conftest import RUN_DATE, copy_images
+
+
+def _rows(spark, path, columns=("image_id", "path", "label")):
+    return sorted(tuple(r) for r in spark.read.parquet(str(path)).select(*columns).collect())
+
+
+def test_all_valid_images_in_all_rows_out(full_run, sample_dir, spark):
+    images_in = sorted(sample_dir.rglob("*.jpg"))
+    clean_df = spark.read.parquet(full_run.paths["clean"])
+    assert full_run.clean["kept"] == clean_df.count() == len(images_in) == 4800
+    assert full_run.clean["rejected"] == 0
+    assert clean_df.schema.fieldNames() == schemas.CLEAN.fieldNames()
+    assert [f.dataType for f in clean_df.schema.fields] == [f.dataType for f in schemas.CLEAN.fields]
+    by_label = {r["label"]: r["count"] for r in clean_df.groupBy("label").count().collect()}
+    expected = {}
+    for image in images_in:
+        expected[image.parent.name] = expected.get(image.parent.name, 0) + 1
+    assert by_label == expected
+    sizes = clean_df.agg(F.min("width"), F.max("width"), F.min("height"), F.max("height")).first()
+    assert tuple(sizes) == (100, 100, 100, 100)
+    # The stored bytes are the original files, byte for byte.
+    one = clean_df.filter(F.col("path").endswith("/Training/Kiwi/0_100.jpg")).first()
+    assert bytes(one["content"]) == (sample_dir / "Training" / "Kiwi" / "0_100.jpg").read_bytes()
+    assert one["ingest_date"] == RUN_DATE
+
+
+@pytest.fixture
+def messy_input(tmp_path, sample_dir):
+    """A copy of part of the sample with every kind of bad file, odd valid files and duplicates."""
+    root = tmp_path / "input"
+    good = copy_images(sample_dir, root, per_label=5, splits=("Training",))
+    real_jpeg = good[0]
+    bad = bad_images.write_bad_files(root / "uploads", real_jpeg)
+    odd = bad_images.write_odd_but_valid_files(root / "Training" / "Odd", real_jpeg)
+    # Two copies of a good image under other names: one duplicate each, the original stays.
+    shutil.copy(good[1], root / "uploads" / "copy-a.jpg")
+    shutil.copy(good[1], root / "Training" / "Odd" / "copy-b.jpg")
+    (root / "uploads" / "readme.txt").write_text("not an image name: ignored")
+    return root, good, bad, odd
+
+
+def test_bad_files_are_rejected_with_their_reason(spark, tmp_path, messy_input):
+    root, good, bad, odd = messy_input
+    out, rejected = tmp_path / "clean", tmp_path / "rejected"
+    summary = clean.run(spark, str(root), str(out), str(rejected), RUN_DATE)
+
+    prefix = f"file:{root}/"
+    rejects = {r["path"].removeprefix(prefix): r for r in spark.read.parquet(str(rejected)).collect()}
+    for name, reason in bad.items():
+        assert rejects[f"uploads/{name}"]["reason"] == reason, rejects[f"uploads/{name}"]
+    duplicates = {n for n, r in rejects.items() if r["reason"] == "duplicate"}
+    # UPPER.JPG is a byte copy of good[0] too: three copies of good[0] or good[1] are duplicates.
+    assert len(duplicates) == 3
+    assert all(rejects[n]["detail"].startswith("same content as ") for n in duplicates)
+
+    kept = {r["path"].removeprefix(prefix) for r in spark.read.parquet(str(out)).collect()}
+    image_files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert len(kept) + len(rejects) == len(image_files)  # every input in exactly one place
+    assert {str(p.relative_to(root)) for p in good} <= kept
+    assert {f"Training/Odd/{n}" for n in odd if n != "UPPER.JPG"} <= kept
+    assert summary["kept"] == len(kept) and summary["rejected"] == len(rejects)
+    labels = {r["label"] for r in spark.read.parquet(str(out)).collect()}
+    assert "Odd" in labels
+    assert all(rejects[f"uploads/{n}"]["label"] is None for n in bad)  # uploads/ is one level down
+
+
+def test_rerun_gives_identical_output_and_new_date_skips_known_images(spark, tmp_path, sample_dir):
+    root = tmp_path / "input"
+    copy_images(sample_dir, root / "day1", per_label=3, splits=("Test",))
+    out, rejected = tmp_path / "clean", tmp_path / "rejected"
+    clean.run(spark, str(root / "day1"), str(out), str(rejected), RUN_DATE)
+    first = _rows(spark, out, ("image_id", "path", "label", "ingest_date", "content"))
+    clean.run(spark, str(root / "day1"), str(out), str(rejected), RUN_DATE)
+    assert _rows(spark, out, ("image_id", "path", "label", "ingest_date", "content")) == first
+
+    # Day 2: three images seen on day 1 (re-uploaded under new names) and eight new ones.
+    day2 = root / "day2"
+    day2.mkdir()
+    for i, known in enumerate(sorted((root / "day1").rglob("*.jpg"))[:3]):
+        shutil.copy(known, day2 / f"again-{i}.jpg")
+    new = copy_images(sample_dir, day2, per_label=1, splits=("Test",), skip=10)
+    next_day = RUN_DATE + dt.timedelta(days=1)
+    summary = clean.run(spark, str(day2), str(out), str(rejected), next_day)
+    assert summary["kept"] == len(new)
+    assert summary["rejected_by_reason"] == {"duplicate": 3}
+    day2_rejects = spark.read.parquet(str(rejected)).filter(F.col("ingest_date") == next_day).collect()
+    assert all(r["detail"].startswith(f"already ingested on {RUN_DATE}") for r in day2_rejects)
+    day1_rows = spark.read.parquet(str(out)).filter(F.col("ingest_date") == RUN_DATE)
+    assert sorted(tuple(r) for r in day1_rows.select("image_id", "path", "label", "ingest_date", "content")
+                  .collect()) == first  # the other partition is untouched
+    ids = spark.read.parquet(str(out)).select("image_id")
+    assert ids.count() == ids.distinct().count() == len(first) + len(new)
+
+
+def test_missing_input_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(JobError, match="input folder does not exist"):
+        clean.run(spark, str(tmp_path / "nowhere"), str(tmp_path / "c"), str(tmp_path / "r"), RUN_DATE)
+
+
+def test_command_line_rejects_bad_run_date():
+    with pytest.raises(SystemExit):
+        clean.build_parser().parse_args(["--input", "a", "--output", "b", "--rejected", "c",
+                                         "--run-date", "24/11/2026"])
