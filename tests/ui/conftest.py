@@ -55,6 +55,7 @@ class AirflowServers:
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     token: str | None = None
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -122,7 +123,19 @@ class AirflowServers:
             log.close()
             self.procs[component] = proc
 
+    def track(self) -> None:
+        """Remember every descendant seen so far: one that left the process group (a task's subprocess started
+        with setsid) and outlived its parent is still stopped by its PID at the end (psutil checks the start time,
+        so a reused PID is not touched)."""
+        for proc in self.procs.values():
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    self.seen.setdefault(child.pid, child)
+            except psutil.NoSuchProcess:
+                continue
+
     def check_alive(self) -> None:
+        self.track()
         dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
         if dead:
             raise RuntimeError(f"Airflow components exited: {dead}\n{self.logs()}")
@@ -130,8 +143,22 @@ class AirflowServers:
     def stop(self) -> list[str]:
         """Stop every started process by PID; returns a description of what had to be killed hard."""
         report: list[str] = []
+        self.track()
         for name, proc in reversed(list(self.procs.items())):
             report += stop_process_tree(proc, name)
+        leftovers = [p for p in self.seen.values() if _alive(p)]
+        for p in leftovers:
+            try:
+                report.append(f"leftover process {p.pid} ({' '.join(p.cmdline()[:3])}) stopped")
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, still = psutil.wait_procs(leftovers, timeout=10)
+        for p in still:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         return report
 
     def logs(self, lines: int = 80) -> str:
