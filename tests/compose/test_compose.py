@@ -28,9 +28,9 @@ DAG_SOURCES = [REPO_ROOT / "dags", REPO_ROOT / "plugins"]
 
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 REQUIRED_SERVICES = ["postgres", "airflow-init", *AIRFLOW_SERVICES]
-# The DAG's Variables that the local mode needs, and the env var that tells its tasks where the Spark jobs are.
-REQUIRED_VARIABLES = ["fruits_backend", "fruits_local_root", "fruits_weights"]
-SPARK_JOBS_ENV = "FRUITS_SPARK_JOBS_DIR"
+# The DAG's Variables that the local mode needs (fruits_jobs_dir: where its tasks find the Spark jobs).
+REQUIRED_VARIABLES = ["fruits_backend", "fruits_local_root", "fruits_weights", "fruits_jobs_dir"]
+SPARK_JOBS_ENV = "AIRFLOW_VAR_FRUITS_JOBS_DIR"
 # Interpolated variables that may have no default (upstream: the init service tests AIRFLOW_UID for emptiness).
 NO_DEFAULT_OK = {"AIRFLOW_UID"}
 WEIGHTS_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -166,10 +166,6 @@ def dag_variables() -> set[str]:
             names.update(const.findall(text))
             names.update(re.findall(r"""["'](fruits_(?:backend|local_root|weights|[a-z0-9_]+))["']""", text))
     return names
-
-
-def dag_sources_text() -> str:
-    return "\n".join(p.read_text() for root in DAG_SOURCES for p in root.rglob("*.py"))
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -460,17 +456,23 @@ def test_dockerignore_keeps_the_context_small():
     assert check_dockerignore(dockerignore_patterns()) == []
 
 
+def check_variables(env: dict[str, str], names: set[str]) -> list[str]:
+    """compose's AIRFLOW_VAR_* are Variables the DAG reads, and the DAG reads the ones local mode needs."""
+    problems = [f"the DAG does not read the Variable {v}" for v in REQUIRED_VARIABLES if v not in names]
+    problems += [
+        f"compose sets {k}, a Variable the DAG does not read"
+        for k in env
+        if k.startswith("AIRFLOW_VAR_") and k[len("AIRFLOW_VAR_"):].lower() not in names
+    ]
+    return problems
+
+
 def test_variables_match_the_dag():
-    """The AIRFLOW_VAR_* names set by compose are Variables the DAG reads, and the DAG reads the required ones."""
-    names = dag_variables()
     if not (REPO_ROOT / "dags" / "fruits_pipeline.py").is_file():
         pytest.fail("dags/fruits_pipeline.py is missing")
-    missing = [v for v in REQUIRED_VARIABLES if v not in names]
-    assert missing == [], f"the DAG does not read {missing}"
-    env = env_of(load_compose()["services"]["airflow-scheduler"])
-    unknown = [k for k in env if k.startswith("AIRFLOW_VAR_") and k[len("AIRFLOW_VAR_"):].lower() not in names]
-    assert unknown == [], f"compose sets Variables the DAG does not read: {unknown}"
-    assert SPARK_JOBS_ENV in dag_sources_text(), f"the DAG does not read {SPARK_JOBS_ENV}"
+    names = dag_variables()
+    for service in AIRFLOW_SERVICES:
+        assert check_variables(env_of(load_compose()["services"][service]), names) == []
 
 
 # ------------------------------------------------------------------- the checks can fail (negative tests)
@@ -527,3 +529,12 @@ def test_checks_catch_broken_dockerfile():
     assert any("does not copy" in p or "does not exist" in p
                for p in check_dockerfile(good.replace("COPY --chown=airflow:0 spark_jobs/requirements.txt", "COPY --chown=airflow:0 spark_jobs/nope.txt")))
     assert check_dockerignore([".git", "local"]) == [".dockerignore does not exclude .venv"]
+
+
+def test_checks_catch_variables_the_dag_does_not_read():
+    assert check_variables({"AIRFLOW_VAR_FRUITS_TYPO": "x"}, {"fruits_backend"}) == [
+        "the DAG does not read the Variable fruits_local_root",
+        "the DAG does not read the Variable fruits_weights",
+        "the DAG does not read the Variable fruits_jobs_dir",
+        "compose sets AIRFLOW_VAR_FRUITS_TYPO, a Variable the DAG does not read",
+    ]
