@@ -1,0 +1,233 @@
+"""What one run of ``fruits_pipeline`` does, computed once from the settings, the params and the run date.
+
+Pure functions, no I/O: the ``stage_code`` task builds a :class:`RunPlan` and hands it to the other tasks through
+XCom, so the step arguments, sensor keys and cluster configuration of a run can be read in the UI and in tests.
+Both backends use the same layout and the same job arguments; only the way the jobs are launched differs.
+
+Storage layout (under ``s3://<bucket>/`` or the local root)::
+
+    uploads/YYYY-MM-DD/...   what the app uploads; a nightly run reads its run date's folder
+    datasets/...             bulk loads (Fruits-360), processed with mode=full
+    code/<digest>/...        staged scripts, fruits_common.zip, requirements, bootstrap script, weights
+    stages/clean/ingest_date=YYYY-MM-DD/     valid images          (clean.py)
+    stages/rejected/ingest_date=YYYY-MM-DD/  rejected files        (clean.py)
+    stages/embed/            MobileNetV2 features, appended        (embed.py)
+    stages/pca/              the final features, replaced          (pca.py)
+    models/pca/              the Spark ML PCA model                (pca.py)
+    reports/YYYY-MM-DD/      report.json and plots of the run      (report.py)
+    logs/emr/                EMR cluster and step logs (EMR only)
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fruits_airflow.bundle import SHARED_ZIP, Bundle
+from fruits_airflow.params import RunParams
+from fruits_airflow.settings import Settings
+
+STEP_NAMES = ("clean", "embed", "pca", "report")
+SUCCESS = "_SUCCESS"
+# A failed step cancels the later ones and leaves the cluster up for the teardown task (and its logs intact).
+ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
+PYTHON_ON_NODES = "/usr/bin/python3.11"  # installed by emr_bootstrap.sh; requirements.txt is tested on 3.11
+
+
+def run_date(logical_date: dt.datetime | None, run_after: dt.datetime) -> dt.date:
+    """The upload day a run processes (UTC).
+
+    Scheduled runs: the day of their logical date, i.e. the start of the data interval that just ended (the
+    02:00 run on the 2nd processes ``uploads/<1st>/``). ``airflow dags test fruits_pipeline 2024-05-01`` and
+    manual runs given a logical date: that date's day. Manual runs without a logical date (Airflow 3 allows
+    them): the day they were triggered, i.e. today's uploads so far.
+    """
+    moment = logical_date or run_after
+    return moment.astimezone(dt.timezone.utc).date()
+
+
+class PlanError(ValueError):
+    """The run's params do not fit the backend; the message says which param."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The storage layout under one root (``s3://bucket`` or ``/abs/folder``)."""
+
+    root: str
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
+
+    def uploads(self) -> str:
+        return self.join("uploads")
+
+    def code(self, digest: str) -> str:
+        return self.join("code", digest)
+
+    def stage(self, name: str) -> str:
+        return self.join("stages", name)
+
+    def pca_model(self) -> str:
+        return self.join("models", "pca")
+
+    def report(self, day: dt.date) -> str:
+        return self.join("reports", day.isoformat())
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One Spark job of the run: ``spark-submit --py-files <py_files> <script> <args...>``."""
+
+    name: str
+    script: str
+    py_files: str
+    args: list[str]
+    markers: list[str]  # the _SUCCESS files the job writes last
+
+    def submit_args(self) -> list[str]:
+        """The part of the spark-submit command line both backends share."""
+        return ["--py-files", self.py_files, self.script, *self.args]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything the tasks of one run need; :meth:`to_xcom` is what ``stage_code`` returns."""
+
+    run_date: dt.date
+    code_uri: str
+    uploads_pattern: str
+    jobs: list[JobRun]
+    job_flow_overrides: dict[str, Any] | None = field(default=None)
+
+    def job(self, name: str) -> JobRun:
+        return next(j for j in self.jobs if j.name == name)
+
+    def emr_steps(self) -> list[dict[str, Any]]:
+        """The jobs as EMR steps: ``command-runner.jar spark-submit`` of the staged scripts."""
+        return [
+            {
+                "Name": job.name,
+                "ActionOnFailure": ACTION_ON_FAILURE,
+                "HadoopJarStep": {
+                    "Jar": "command-runner.jar",
+                    # Client mode: the driver's output (and a job's error) lands in the step's stderr log.
+                    "Args": ["spark-submit", "--deploy-mode", "client", *job.submit_args()],
+                },
+            }
+            for job in self.jobs
+        ]
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-able values, one XCom key each (the DAG's operators take them as XComArgs)."""
+        values: dict[str, Any] = {
+            "run_date": self.run_date.isoformat(),
+            "code_uri": self.code_uri,
+            "uploads_pattern": self.uploads_pattern,
+            "job_flow_overrides": self.job_flow_overrides,
+            "emr_steps": self.emr_steps() if self.job_flow_overrides else None,
+        }
+        for job in self.jobs:
+            values[f"{job.name}_job"] = asdict(job)
+            values[f"{job.name}_markers"] = job.markers
+        return values
+
+
+def _input_root(settings: Settings, layout: Layout, input_uri: str) -> str:
+    """The params' ``input_uri`` as a URI of the backend: relative values live under the storage root."""
+    value = input_uri.strip()
+    if settings.backend == "emr":
+        if value.startswith("s3://"):
+            return value.rstrip("/")
+        if "://" in value or value.startswith("/"):
+            raise PlanError(f"param input_uri must be an s3:// URI or a prefix in the bucket, got {value!r}")
+    else:
+        if "://" in value:
+            raise PlanError(f"param input_uri must be a folder (absolute, or relative to fruits_local_root) "
+                            f"with the local backend, got {value!r}")
+        if value.startswith("/"):
+            return value.rstrip("/")
+    return layout.join(value)
+
+
+def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bundle, run_id: str = "") -> RunPlan:
+    """The run's jobs (the job contract's command lines), sensor keys and, on EMR, cluster configuration."""
+    layout = Layout(settings.storage_root)
+    code = layout.code(bundle.digest)
+    day_iso = day.isoformat()
+    partition = f"ingest_date={day_iso}"
+
+    source = _input_root(settings, layout, params.input_uri)
+    clean_input = source if params.mode == "full" else f"{source}/{day_iso}"
+    clean, rejected, embed, pca = (layout.stage(n) for n in ("clean", "rejected", "embed", "pca"))
+    report = layout.report(day)
+    weights = f"{code}/{bundle.weights_name}" if bundle.weights_name else settings.weights
+    size = ["--k", str(params.pca_k)] if params.pca_k is not None else ["--variance", repr(params.pca_variance)]
+
+    def job(name: str, args: list[str], markers: list[str]) -> JobRun:
+        return JobRun(name=name, script=f"{code}/{name}.py", py_files=f"{code}/{SHARED_ZIP}", args=args,
+                      markers=markers)
+
+    jobs = [
+        job("clean", ["--input", clean_input, "--output", clean, "--rejected", rejected, "--run-date", day_iso],
+            [f"{clean}/{partition}/{SUCCESS}", f"{rejected}/{partition}/{SUCCESS}"]),
+        job("embed", ["--input", clean, "--output", embed, "--weights", weights], [f"{embed}/{SUCCESS}"]),
+        job("pca", ["--input", embed, "--output", pca, "--model", layout.pca_model(), *size,
+                    *(["--reuse-model"] if params.reuse_pca_model else [])],
+            [f"{pca}/{SUCCESS}"]),
+        job("report", ["--clean", clean, "--rejected", rejected, "--pca", pca, "--output", report,
+                       "--run-date", day_iso],
+            [f"{report}/{SUCCESS}"]),
+    ]
+    assert tuple(j.name for j in jobs) == STEP_NAMES
+    return RunPlan(
+        run_date=day,
+        code_uri=code,
+        # fnmatch's '*' also matches '/': any file at any depth under the folder counts.
+        uploads_pattern=f"{clean_input}/*",
+        jobs=jobs,
+        job_flow_overrides=cluster_config(settings, params, day, code, run_id) if settings.backend == "emr" else None,
+    )
+
+
+def cluster_config(settings: Settings, params: RunParams, day: dt.date, code_uri: str, run_id: str) -> dict[str, Any]:
+    """``RunJobFlow`` arguments of the run's transient cluster (``EmrCreateJobFlowOperator`` overrides)."""
+    instances: dict[str, Any] = {
+        "InstanceGroups": [
+            {"Name": "primary", "InstanceRole": "MASTER", "Market": "ON_DEMAND",
+             "InstanceType": settings.emr_primary_instance_type, "InstanceCount": 1},
+            {"Name": "core", "InstanceRole": "CORE", "Market": "ON_DEMAND",
+             "InstanceType": params.core_instance_type, "InstanceCount": params.core_instance_count},
+        ],
+        # Steps are added after creation; the teardown task (or the idle timeout) ends the cluster.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if settings.emr_subnet_id:
+        instances["Ec2SubnetId"] = settings.emr_subnet_id
+    python = {"PYSPARK_PYTHON": PYTHON_ON_NODES, "PYSPARK_DRIVER_PYTHON": PYTHON_ON_NODES}
+    return {
+        "Name": f"fruits-pipeline-{day.isoformat()}",
+        "ReleaseLabel": settings.emr_release,
+        "Applications": [{"Name": "Spark"}],
+        "LogUri": settings.emr_log_uri,
+        "Instances": instances,
+        "BootstrapActions": [{
+            "Name": "python dependencies",
+            "ScriptBootstrapAction": {"Path": f"{code_uri}/emr_bootstrap.sh", "Args": [f"{code_uri}/requirements.txt"]},
+        }],
+        "Configurations": [
+            # Spark's own Python on EMR 7 is 3.9; the jobs' dependencies are installed for 3.11.
+            {"Classification": "spark-env", "Configurations": [{"Classification": "export", "Properties": python}]},
+        ],
+        "AutoTerminationPolicy": {"IdleTimeout": settings.emr_idle_timeout},
+        "ServiceRole": settings.emr_service_role,
+        "JobFlowRole": settings.emr_instance_profile,
+        "VisibleToAllUsers": True,
+        "Tags": [
+            {"Key": "project", "Value": "fruits"},
+            {"Key": "airflow:dag_id", "Value": "fruits_pipeline"},
+            {"Key": "airflow:run_id", "Value": run_id[:256]},
+            {"Key": "fruits:run_date", "Value": day.isoformat()},
+        ],
+    }

@@ -1,0 +1,125 @@
+"""Test-side extension of moto's EMR: steps that run one after the other, complete (or fail on demand) and write
+the ``_SUCCESS`` markers their job would write.
+
+Stock moto leaves the first step RUNNING and the others PENDING forever and does not keep ``RunJobFlow``'s
+``AutoTerminationPolicy``. :class:`EmrEmulator` patches the moto server's backend (which runs in the test process)
+so that, each time a client looks at a cluster's steps (``DescribeStep``, ``ListSteps``):
+
+* the running step completes once it has run ``step_seconds``, and the next pending step starts;
+* a completing step writes its job's ``_SUCCESS`` markers into moto's S3, where the job contract puts them
+  (the jobs do not run: nothing else is written);
+* a step named in :attr:`EmrEmulator.fail_steps` ends FAILED instead (with no ``FailureDetails``, like moto), and
+  the later steps are CANCELLED as ``ActionOnFailure=CANCEL_AND_WAIT`` does; the cluster goes back to WAITING.
+
+It also records every ``RunJobFlow`` request as sent, for assertions on what stock moto drops.
+Nothing in the DAG knows about this: it talks to moto over HTTP as it would to AWS.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from typing import Any
+
+from moto.emr import models as emr_models
+from moto.emr import responses as emr_responses
+from moto.s3.models import s3_backends
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def job_markers(args: list[str]) -> list[str]:
+    """The ``_SUCCESS`` URIs a ``spark-submit ... <job>.py <args>`` step writes, per the job contract."""
+    script_index = next(i for i, a in enumerate(args) if a.endswith(".py"))
+    script = args[script_index].rsplit("/", 1)[-1]
+    job_args = args[script_index + 1:]
+    options = {job_args[i]: job_args[i + 1] for i in range(len(job_args) - 1) if job_args[i].startswith("--")}
+    if script == "clean.py":
+        partition = f"ingest_date={options['--run-date']}"
+        return [f"{options['--output']}/{partition}/_SUCCESS", f"{options['--rejected']}/{partition}/_SUCCESS"]
+    return [f"{options['--output']}/_SUCCESS"]
+
+
+class EmrEmulator:
+    """Installs the step behaviour described in the module docstring; use as a context manager."""
+
+    def __init__(self, step_seconds: float = 0.0) -> None:
+        self.step_seconds = step_seconds
+        self.fail_steps: set[str] = set()
+        self.run_job_flow_requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._originals: dict[tuple[type, str], Any] = {}
+
+    # -- installing ---------------------------------------------------------------------------------------------
+    def __enter__(self) -> EmrEmulator:
+        emulator = self
+        backend = emr_models.ElasticMapReduceBackend
+        response = emr_responses.ElasticMapReduceResponse
+
+        def advancing(name: str):
+            original = getattr(backend, name)
+
+            def wrapper(self: Any, cluster_id: str, *args: Any, **kwargs: Any) -> Any:
+                emulator.advance(self.clusters[cluster_id])
+                return original(self, cluster_id, *args, **kwargs)
+
+            return original, wrapper
+
+        for name in ("describe_step", "list_steps"):
+            self._originals[(backend, name)], wrapper = advancing(name)
+            setattr(backend, name, wrapper)
+
+        original_run_job_flow = response.run_job_flow
+
+        def run_job_flow(self: Any) -> Any:
+            emulator.run_job_flow_requests.append(json.loads(self.body))
+            return original_run_job_flow(self)
+
+        self._originals[(response, "run_job_flow")] = original_run_job_flow
+        response.run_job_flow = run_job_flow
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for (cls, name), original in self._originals.items():
+            setattr(cls, name, original)
+        self._originals.clear()
+
+    # -- the steps' life ----------------------------------------------------------------------------------------
+    def advance(self, cluster: emr_models.Cluster) -> None:
+        """Move the cluster's steps along: at most one step starts per call, so clients see it RUNNING."""
+        with self._lock:
+            if cluster.state.startswith("TERMINAT"):
+                return
+            for index, step in enumerate(cluster.steps):
+                if step.state in FINAL_STATES:
+                    continue
+                if step.state == "PENDING":
+                    step.state = "RUNNING"
+                    step.start_date_time = _utcnow()
+                    return
+                # RUNNING (moto creates the first step RUNNING without a start time)
+                if step.start_date_time is None:
+                    step.start_date_time = _utcnow()
+                if (_utcnow() - step.start_date_time).total_seconds() < self.step_seconds:
+                    return
+                step.end_date_time = _utcnow()
+                if step.name in self.fail_steps:
+                    step.state = "FAILED"
+                    for later in cluster.steps[index + 1:]:
+                        if later.state == "PENDING":
+                            later.state = "CANCELLED"
+                    break
+                self._write_markers(cluster, step)
+                step.state = "COMPLETED"
+            cluster.state = "WAITING"
+
+    def _write_markers(self, cluster: emr_models.Cluster, step: emr_models.Step) -> None:
+        backend = cluster.emr_backend
+        s3 = s3_backends[backend.account_id][backend.partition]
+        for uri in job_markers(step.args):
+            bucket, key = uri.removeprefix("s3://").split("/", 1)
+            s3.put_object(bucket, key, b"")
