@@ -29,3 +29,7 @@ constraints: venv
 
 clean-local:
 	rm -rf $(RUN_DIR)
+
+# Side-by-side benchmark of the embed step; writes bench/results/latest.json.
+bench: venv
+	$(PY) bench/bench_embed.py --data "$(or $(DATA),$(SHARED)/data/fruits-360-sample)" --weights "$(WEIGHTS)"

@@ -1,11 +1,12 @@
 """embed: MobileNetV2 transfer learning, 1,280 features per image.
 
     spark-submit --py-files fruits_common.zip embed.py \
-        --input URI --output URI --weights WEIGHTS [--batch-size N]
+        --input URI --output URI --weights WEIGHTS [--batch-size N] [--engine onnx|keras]
 
 Reads the clean dataset, embeds only the ``image_id``s not yet in ``<output>`` (incremental), and appends
 them to ``<output>`` partitioned by ``ingest_date``. WEIGHTS is ``imagenet`` (Keras downloads them) or a
-path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h5``).
+path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h5``). The ``onnx`` engine
+(default) runs the same model exported to ONNX once (cached next to the weights); ``keras`` is the reference.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -39,29 +42,68 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'imagenet', or a path or s3:// URI of the MobileNetV2 no-top .h5 weights")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--engine", choices=embedding.ENGINES, default="onnx",
+                        help="inference engine (default onnx; keras is the reference)")
     return parser
 
 
-def _ship_weights(spark: SparkSession, weights: str) -> str:
-    """Make the weights file available on every executor; returns its name for ``SparkFiles.get``.
-
-    ``imagenet`` is resolved on the driver (Keras cache or one download), so executors need no internet
-    and a missing download fails here with a clear message instead of inside a Spark task.
-    """
+def _local_weights(spark: SparkSession, weights: str, scratch: Path) -> str:
+    """The Keras weights as a file on the driver: ``imagenet`` resolved, s3:// copied."""
     if weights == embedding.IMAGENET:
-        weights = embedding.download_imagenet_weights()
-    elif not storage.exists(spark, weights):
+        return embedding.download_imagenet_weights()
+    if not storage.exists(spark, weights):
         raise JobError(f"weights file not found: {weights}")
+    if os.path.isfile(weights):
+        return weights
+    return storage.copy_to_local(spark, weights, scratch / os.path.basename(weights.rstrip("/")))
+
+
+def _onnx_model(spark: SparkSession, weights: str, local_weights: str) -> str:
+    """The ONNX export of the weights: reused from next to them (or the local cache), else exported now
+    and kept next to them, so that a cluster converts once and its executors never need TensorFlow."""
+    name = embedding.onnx_name(local_weights)
+    beside = None if weights == embedding.IMAGENET else storage.join(os.path.dirname(weights.rstrip("/")), name)
+    cached = embedding.MODEL_CACHE / name
+    if beside and storage.exists(spark, beside):
+        return beside
+    if cached.is_file():
+        return str(cached)
+    log.info("exporting %s to ONNX (once)", local_weights)
+    embedding.export_onnx(local_weights, cached)
+    if beside:
+        try:
+            storage.copy_from_local(spark, str(cached), beside)
+            return beside
+        except Exception as exc:  # a read-only weights folder only costs this node's cache
+            log.warning("could not keep the ONNX model next to the weights (%s); using %s", exc, cached)
+    return str(cached)
+
+
+def _ship_model(spark: SparkSession, weights: str, engine: str, scratch: Path) -> str:
+    """Make the engine's model file available on every executor; returns its name for ``SparkFiles.get``.
+
+    Everything is resolved on the driver (``imagenet`` from the Keras cache or one download), so executors
+    need no internet and a problem fails here with a clear message instead of inside a Spark task.
+    """
+    if weights.endswith(".onnx"):
+        if engine != "onnx":
+            raise JobError("an .onnx model file needs --engine onnx")
+        model = weights
+        if not storage.exists(spark, model):
+            raise JobError(f"ONNX model file not found: {model}")
+    else:
+        local_weights = _local_weights(spark, weights, scratch)
+        model = local_weights if engine == "keras" else _onnx_model(spark, weights, local_weights)
     # addFile copies from any Hadoop path (s3:// on EMR) to each executor's work directory once.
-    spark.sparkContext.addFile(weights)
-    return os.path.basename(weights.rstrip("/"))
+    spark.sparkContext.addFile(model)
+    return os.path.basename(model.rstrip("/"))
 
 
-def _embed_batches(weights_name: str, threads: int):
+def _embed_batches(model_name: str, engine: str, threads: int):
     """mapInPandas function: decode, resize and embed each Arrow batch with the worker's cached model."""
 
     def embed(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = embedding.get_model(SparkFiles.get(weights_name), threads)
+        model = embedding.get_model(SparkFiles.get(model_name), engine, threads)
         for batch in batches:
             pixels = np.stack([images.model_input(c) for c in batch["content"]])
             features = model(pixels)
@@ -75,7 +117,7 @@ def _embed_batches(weights_name: str, threads: int):
 
 
 def run(spark: SparkSession, input: str, output: str, weights: str,
-        batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+        batch_size: int = DEFAULT_BATCH_SIZE, engine: str = "onnx") -> dict:
     """Embed the clean images under ``input`` that ``output`` does not hold yet."""
     if not storage.exists(spark, input):
         raise JobError(f"input (clean dataset) does not exist: {input}")
@@ -94,12 +136,13 @@ def run(spark: SparkSession, input: str, output: str, weights: str,
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
 
-    weights_name = _ship_weights(spark, weights)
-    embedded = new.repartition(partitions, "image_id").mapInPandas(
-        _embed_batches(weights_name, threads), schema=schemas.EMBED)
-    (embedded.write.mode("append").option("compression", "zstd")
-     .partitionBy(schemas.PARTITION_COLUMN).parquet(output))
-    summary = {"embedded": todo, "partitions": partitions, "batch_size": batch_size}
+    with tempfile.TemporaryDirectory(prefix="fruits-embed-") as scratch:
+        model_name = _ship_model(spark, weights, engine, Path(scratch))
+        embedded = new.repartition(partitions, "image_id").mapInPandas(
+            _embed_batches(model_name, engine, threads), schema=schemas.EMBED)
+        (embedded.write.mode("append").option("compression", "zstd")
+         .partitionBy(schemas.PARTITION_COLUMN).parquet(output))
+    summary = {"embedded": todo, "partitions": partitions, "batch_size": batch_size, "engine": engine}
     log.info("embed: %s", summary)
     return summary
 

@@ -84,6 +84,21 @@ def read_text(spark: SparkSession, uri: str) -> str:
         stream.close()
 
 
+def copy_to_local(spark: SparkSession, uri: str, local_path) -> str:
+    """Copy a file from any Hadoop path to the driver's disk; returns the local path."""
+    fs, path = _hadoop_path(spark, uri)
+    jvm = spark.sparkContext._jvm
+    fs.copyToLocalFile(False, path, jvm.org.apache.hadoop.fs.Path(str(local_path)), True)
+    return str(local_path)
+
+
+def copy_from_local(spark: SparkSession, local_path, uri: str) -> None:
+    """Copy a file from the driver's disk to any Hadoop path (replacing it)."""
+    fs, path = _hadoop_path(spark, uri)
+    jvm = spark.sparkContext._jvm
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(str(local_path)), path)
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with single slashes (``s3://b/stages/`` + ``clean`` -> ``s3://b/stages/clean``)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

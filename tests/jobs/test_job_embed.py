@@ -43,6 +43,7 @@ def test_features_equal_keras_on_the_same_images(full_run, spark, sample_dir, we
 def test_every_clean_image_is_embedded_once(full_run, spark):
     features = spark.read.parquet(full_run.paths["embed"])
     assert full_run.embed["embedded"] == features.count() == 4800
+    assert full_run.embed["engine"] == "onnx"  # the default
     assert features.select("image_id").distinct().count() == 4800
     assert features.filter(F.size("features") != 1280).count() == 0
     clean_ids = spark.read.parquet(full_run.paths["clean"]).select("image_id", "path", "label")
@@ -73,3 +74,17 @@ def test_second_run_date_embeds_only_new_images(spark, tmp_path, sample_dir, wei
 def test_missing_weights_file_is_a_clear_error(spark, full_run, tmp_path):
     with pytest.raises(JobError, match="weights file not found"):
         embed.run(spark, full_run.paths["clean"], str(tmp_path / "e"), str(tmp_path / "none.h5"))
+
+
+def test_keras_and_onnx_engines_give_the_same_features(full_run, spark, tmp_path, weights_file):
+    """The reference engine (Keras) and the default one (ONNX Runtime) agree on the real sample."""
+    out = tmp_path / "embed_keras"
+    clean_subset = spark.read.parquet(full_run.paths["clean"]).filter(F.col("label") == "Lemon").limit(40)
+    clean_subset.write.partitionBy("ingest_date").parquet(str(tmp_path / "clean"))
+    summary = embed.run(spark, str(tmp_path / "clean"), str(out), str(weights_file), engine="keras")
+    assert summary == {**summary, "embedded": 40, "engine": "keras"}
+    onnx = {r["image_id"]: np.array(r["features"]) for r in spark.read.parquet(full_run.paths["embed"])
+            .filter(F.col("label") == "Lemon").collect()}
+    keras = {r["image_id"]: np.array(r["features"]) for r in spark.read.parquet(str(out)).collect()}
+    assert len(keras) == 40 and keras.keys() <= onnx.keys()
+    assert max(np.abs(keras[i] - onnx[i]).max() for i in keras) < 1e-4
