@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT, aws_connection, dags_test, reset_moto
 from moto_emr import EmrEmulator
+from test_job_contract import parse_with_job, split_spark_submit
 
 BUCKET = "fruits-test"
 DATE = "2026-05-01"
@@ -131,6 +132,8 @@ def test_happy_path_steps_in_order_with_staged_scripts(happy_run, boto):
         assert config["Jar"] == "command-runner.jar" and step["ActionOnFailure"] == "CANCEL_AND_WAIT"
         assert config["Args"][:6] == ["spark-submit", "--deploy-mode", "client", "--py-files",
                                       f"s3://{BUCKET}/{code}/fruits_common.zip", f"s3://{BUCKET}/{code}/{step['Name']}.py"]
+        _, script, args = split_spark_submit(config["Args"])
+        parse_with_job(script, args)  # what EMR received is what the job accepts
     clean_args = steps[0]["Config"]["Args"]
     assert clean_args[clean_args.index("--input") + 1] == f"s3://{BUCKET}/uploads/{DATE}"
     embed_args = steps[1]["Config"]["Args"]

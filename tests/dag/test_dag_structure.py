@@ -1,0 +1,126 @@
+"""The DAG as Airflow parses it: imports, schedule, retries, task order, trigger rules, sensors, params."""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+
+import pytest
+
+from conftest import REPO_ROOT
+
+EMR_ORDER = ["stage_code", "wait_for_uploads", "create_cluster", "add_steps",
+             "clean_step", "clean_success", "embed_step", "embed_success",
+             "pca_step", "pca_success", "report_step", "report_success", "terminate_cluster"]
+LOCAL_ORDER = [t for t in EMR_ORDER if t not in ("create_cluster", "add_steps", "terminate_cluster")]
+SENSORS = ["wait_for_uploads", "clean_success", "embed_success", "pca_success", "report_success"]
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def parse(monkeypatch, **variables: str):
+    """Parse the DAG folder the way the dag-processor does, with these Variables (and no others) set."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_VAR_")]:
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(f"AIRFLOW_VAR_{name.upper()}", value)
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+@pytest.fixture
+def emr_dag(monkeypatch):
+    bag = parse(monkeypatch, fruits_bucket="fruits-prod", fruits_poke_interval="300", fruits_sensor_timeout="7200")
+    assert bag.import_errors == {}
+    return bag.dags["fruits_pipeline"]
+
+
+@pytest.fixture
+def local_dag(monkeypatch, tmp_path):
+    bag = parse(monkeypatch, fruits_local_root=str(tmp_path))
+    assert bag.import_errors == {}
+    return bag.dags["fruits_pipeline"]
+
+
+def test_dag_folder_imports_without_errors_in_both_modes(monkeypatch, tmp_path):
+    assert parse(monkeypatch, fruits_bucket="fruits-prod").import_errors == {}
+    assert parse(monkeypatch, fruits_local_root=str(tmp_path)).import_errors == {}
+
+
+def test_a_bad_variable_is_an_import_error_that_names_it(monkeypatch):
+    errors = parse(monkeypatch, fruits_backend="emr").import_errors
+    assert len(errors) == 1 and "fruits_bucket is required" in next(iter(errors.values()))
+    errors = parse(monkeypatch, fruits_bucket="bucket-one", fruits_poke_interval="soon").import_errors
+    assert "fruits_poke_interval must be a whole number" in next(iter(errors.values()))
+
+
+def test_schedule_retries_tags_and_docs(emr_dag):
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    from fruits_airflow.plan import run_date
+
+    # The nightly run after 2026-05-01 starts at 02:00 UTC on the 2nd and processes uploads/2026-05-01/.
+    timetable = coerce_to_core_timetable(emr_dag.timetable)
+    assert timetable.summary == "0 2 * * *"
+    earliest = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+    info = timetable.next_dagrun_info(last_automated_data_interval=None,
+                                      restriction=TimeRestriction(earliest=earliest, latest=None, catchup=True))
+    assert info.run_after == dt.datetime(2026, 5, 2, 2, 0, tzinfo=dt.timezone.utc)
+    assert run_date(info.logical_date, info.run_after) == dt.date(2026, 5, 1)
+    assert emr_dag.catchup is False and emr_dag.max_active_runs == 1
+    assert {"fruits", "spark", "emr"} <= set(emr_dag.tags)
+    assert emr_dag.description and "fruits_bucket" in emr_dag.doc_md and "fruits_sensor_timeout" in emr_dag.doc_md
+    for task in emr_dag.tasks:
+        if task.task_id in ("create_cluster", "add_steps", "terminate_cluster", "stage_code"):
+            assert task.retries == 2, task.task_id
+            assert task.retry_exponential_backoff and task.retry_delay == dt.timedelta(minutes=1)
+            assert task.max_retry_delay == dt.timedelta(minutes=10)
+
+
+def test_emr_task_order_and_trigger_rules(emr_dag):
+    tasks = emr_dag.task_dict
+    assert set(tasks) == set(EMR_ORDER)
+    for upstream, downstream in zip(EMR_ORDER, EMR_ORDER[1:]):
+        assert tasks[downstream].upstream_task_ids >= {upstream}, (upstream, downstream)
+    # Nothing skips a step: every task but the teardown has exactly its predecessor upstream.
+    for upstream, downstream in zip(EMR_ORDER[:-2], EMR_ORDER[1:-1]):
+        assert tasks[downstream].upstream_task_ids == {upstream}, downstream
+    assert tasks["terminate_cluster"].upstream_task_ids == {"report_success", "create_cluster"}
+    assert tasks["create_cluster"].is_setup and tasks["terminate_cluster"].is_teardown
+    assert tasks["terminate_cluster"].trigger_rule == "all_done_setup_success"
+    assert {t.trigger_rule for t in emr_dag.tasks if t.task_id != "terminate_cluster"} == {"all_success"}
+
+
+def test_local_mode_has_the_same_tasks_without_the_cluster(local_dag):
+    tasks = local_dag.task_dict
+    assert set(tasks) == set(LOCAL_ORDER)
+    for upstream, downstream in zip(LOCAL_ORDER, LOCAL_ORDER[1:]):
+        assert tasks[downstream].upstream_task_ids == {upstream}
+    assert {type(tasks[f"{n}_step"]).__name__ for n in ("clean", "embed", "pca", "report")} == {
+        "LocalSparkJobOperator"}
+    assert {type(tasks[s]).__name__ for s in SENSORS} == {"LocalKeySensor"}
+    assert "local" in local_dag.tags
+
+
+def test_sensors_reschedule_with_the_configured_timing(emr_dag):
+    for task_id in [*SENSORS, "clean_step", "embed_step", "pca_step", "report_step"]:
+        task = emr_dag.task_dict[task_id]
+        assert (task.mode, task.poke_interval, task.timeout) == ("reschedule", 300, 7200), task_id
+    assert emr_dag.task_dict["wait_for_uploads"].soft_fail is True
+    assert not any(emr_dag.task_dict[s].soft_fail for s in SENSORS[1:])
+    assert emr_dag.task_dict["wait_for_uploads"].wildcard_match is True
+
+
+def test_params_are_validated_with_clear_messages(emr_dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert emr_dag.params.validate() == {
+        "input_uri": "uploads", "mode": "incremental", "pca_k": None, "pca_variance": 0.95,
+        "reuse_pca_model": False, "core_instance_count": 2, "core_instance_type": "m5.xlarge"}
+    for name, bad in [("mode", "everything"), ("pca_k", 0), ("pca_variance", 1.5), ("core_instance_count", "two"),
+                      ("core_instance_type", "big one"), ("reuse_pca_model", "yes"), ("input_uri", "")]:
+        params = copy.deepcopy(emr_dag.params)
+        with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):
+            params[name] = bad

@@ -1,0 +1,92 @@
+"""The contract between the DAG and the Spark jobs: every command line the DAG builds is accepted by the job's own
+argument parser (``build_parser()``), on both backends, for every shape of params. The DAG and the jobs cannot
+drift apart without this failing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from pathlib import Path
+
+import pytest
+
+from fruits_airflow.bundle import Bundle
+from fruits_airflow.local_spark import LocalSparkJobOperator
+from fruits_airflow.params import RunParams
+from fruits_airflow.plan import STEP_NAMES, build_plan
+from fruits_airflow.settings import load
+
+DAY = dt.date(2026, 5, 1)
+BUNDLE = Bundle(files=(), digest="0123456789abcdef", weights_name="mobilenet_v2_no_top.h5")
+SPARK_SUBMIT_OPTIONS_WITH_VALUE = {"--deploy-mode", "--py-files", "--master", "--driver-memory", "--conf"}
+
+PARAMS = [
+    RunParams(),
+    RunParams(mode="full", input_uri="datasets/fruits-360", pca_k=50, reuse_pca_model=True),
+    RunParams(pca_variance=0.8, core_instance_count=5),
+]
+
+
+def split_spark_submit(argv: list[str]) -> tuple[dict[str, str], str, list[str]]:
+    """``spark-submit [options] script args`` -> (options, script, args), the way spark-submit reads it."""
+    options, index = {}, 1
+    while argv[index].startswith("--"):
+        assert argv[index] in SPARK_SUBMIT_OPTIONS_WITH_VALUE, f"unexpected spark-submit option {argv[index]}"
+        options[argv[index]] = argv[index + 1]
+        index += 2
+    return options, argv[index], argv[index + 1:]
+
+
+def parse_with_job(script: str, args: list[str]):
+    """Parse ``args`` with the parser of the job module named by ``script`` (``.../clean.py`` -> ``clean``)."""
+    module = importlib.import_module(Path(script).stem)
+    return module.build_parser().parse_args(args)
+
+
+def emr_settings():
+    return load({"fruits_bucket": "fruits-prod", "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"}.get)
+
+
+def local_settings(tmp_path):
+    return load({"fruits_local_root": str(tmp_path), "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"}.get)
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["defaults", "full-k-reuse", "variance"])
+def test_every_emr_step_parses_with_its_jobs_parser(params):
+    plan = build_plan(emr_settings(), params, DAY, BUNDLE)
+    steps = plan.emr_steps()
+    assert [s["Name"] for s in steps] == list(STEP_NAMES)
+    for step in steps:
+        argv = step["HadoopJarStep"]["Args"]
+        assert argv[0] == "spark-submit"
+        options, script, args = split_spark_submit(argv)
+        assert script == f"s3://fruits-prod/code/{BUNDLE.digest}/{step['Name']}.py"
+        assert options["--py-files"] == f"s3://fruits-prod/code/{BUNDLE.digest}/fruits_common.zip"
+        parsed = parse_with_job(script, args)
+        if step["Name"] == "clean":
+            assert parsed.run_date == DAY
+            expected_input = ("s3://fruits-prod/datasets/fruits-360" if params.mode == "full"
+                              else f"s3://fruits-prod/uploads/{DAY}")
+            assert parsed.input == expected_input
+        if step["Name"] == "embed":
+            assert parsed.weights == f"s3://fruits-prod/code/{BUNDLE.digest}/mobilenet_v2_no_top.h5"
+        if step["Name"] == "pca":
+            assert (parsed.k, parsed.variance, parsed.reuse_model) == (
+                params.pca_k, None if params.pca_k else params.pca_variance, params.reuse_pca_model)
+        if step["Name"] == "report":
+            assert parsed.run_date == DAY and parsed.output == f"s3://fruits-prod/reports/{DAY}"
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["defaults", "full-k-reuse", "variance"])
+def test_every_local_command_parses_with_its_jobs_parser_and_matches_emr(params, tmp_path):
+    local_plan = build_plan(local_settings(tmp_path), params, DAY, BUNDLE)
+    emr_plan = build_plan(emr_settings(), params, DAY, BUNDLE)
+    for name in STEP_NAMES:
+        job = local_plan.to_xcom()[f"{name}_job"]
+        argv = LocalSparkJobOperator(task_id=f"{name}_step", job=job).command()
+        options, script, args = split_spark_submit(argv)
+        assert options["--master"] == "local[*]"
+        assert script == f"{tmp_path}/code/{BUNDLE.digest}/{name}.py"
+        parse_with_job(script, args)
+        # The same arguments as on EMR, under the other storage root.
+        assert [a.replace("s3://fruits-prod", str(tmp_path)) for a in emr_plan.job(name).args] == args
