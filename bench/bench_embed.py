@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,6 @@ def spark_session():
 def classic_udf_images_per_s(spark, clean_dir: str, weights: str, batch_size: int) -> tuple[float, int]:
     """The common notebook pattern: broadcast weights, rebuild the model in a pandas UDF per batch."""
     import keras
-    import pandas as pd
     from pyspark.sql.functions import col, pandas_udf
 
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg",
