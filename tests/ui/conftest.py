@@ -66,7 +66,8 @@ class AirflowServers:
         return self.home / "server-logs"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_VAR_", "AIRFLOW_CONN_"))}
+        # Nothing of the caller's Airflow setup (AIRFLOW_HOME, AIRFLOW_CONFIG, AIRFLOW__*, Variables, Connections).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
         env.update(
             {
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
