@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from airflow.sdk.exceptions import AirflowException
 from fruits_airflow.plan import JobRun
 
 _TAIL_LINES = 200
+LOG4J2_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
 
 
 def spark_submit_path() -> str:
@@ -66,7 +68,10 @@ class LocalSparkJobOperator(BaseOperator):
         """The spark-submit command line: the plan's job arguments, as on EMR, on a local master."""
         job = JobRun(**self.job)
         return [spark_submit_path(), "--master", self.master, "--driver-memory", self.driver_memory,
-                "--conf", "spark.ui.showConsoleProgress=false", *job.submit_args()]
+                "--driver-java-options", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}",
+                # No web UI (nobody looks at it, and parallel runs would race for its port), no progress bars.
+                "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
+                *job.submit_args()]
 
     def execute(self, context: Any) -> dict[str, str]:
         name = self.job["name"]
@@ -77,14 +82,16 @@ class LocalSparkJobOperator(BaseOperator):
         self.log.info("Running the %s job: %s", name, " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         # Own process group, so on_kill stops the JVM and its Python workers too.
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         env=env, start_new_session=True, errors="replace")
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            self.log.info("%s", line)
-        returncode = self._process.wait()
+        # A scratch working directory: whatever Spark leaves in it (spark-warehouse/, derby.log) goes away.
+        with tempfile.TemporaryDirectory(prefix=f"fruits-{name}-") as scratch:
+            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                             env=env, cwd=scratch, start_new_session=True, errors="replace")
+            assert self._process.stdout is not None
+            for line in self._process.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                self.log.info("%s", line)
+            returncode = self._process.wait()
         ended = dt.datetime.now(dt.timezone.utc)
         if returncode != 0:
             raise AirflowException(f"The {name} job failed (spark-submit exit status {returncode}): "

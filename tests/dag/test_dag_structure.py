@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import REPO_ROOT
+from dag_harness import REPO_ROOT
 
 EMR_ORDER = ["stage_code", "wait_for_uploads", "create_cluster", "add_steps",
              "clean_step", "clean_success", "embed_step", "embed_success",

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, aws_connection, dags_test, reset_moto
+from dag_harness import REPO_ROOT, aws_connection, dags_test, parse_with_job, reset_moto, split_spark_submit
 from moto_emr import EmrEmulator
-from test_job_contract import parse_with_job, split_spark_submit
 
 BUCKET = "fruits-test"
 DATE = "2026-05-01"

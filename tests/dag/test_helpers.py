@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from dag_harness import REPO_ROOT
 from fruits_airflow.bundle import build_bundle, zip_package
 from fruits_airflow.local_spark import job_error
 from fruits_airflow.plan import run_date

@@ -5,11 +5,10 @@ drift apart without this failing.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-from pathlib import Path
 
 import pytest
 
+from dag_harness import parse_with_job, split_spark_submit
 from fruits_airflow.bundle import Bundle
 from fruits_airflow.local_spark import LocalSparkJobOperator
 from fruits_airflow.params import RunParams
@@ -18,29 +17,11 @@ from fruits_airflow.settings import load
 
 DAY = dt.date(2026, 5, 1)
 BUNDLE = Bundle(files=(), digest="0123456789abcdef", weights_name="mobilenet_v2_no_top.h5")
-SPARK_SUBMIT_OPTIONS_WITH_VALUE = {"--deploy-mode", "--py-files", "--master", "--driver-memory", "--conf"}
-
 PARAMS = [
     RunParams(),
     RunParams(mode="full", input_uri="datasets/fruits-360", pca_k=50, reuse_pca_model=True),
     RunParams(pca_variance=0.8, core_instance_count=5),
 ]
-
-
-def split_spark_submit(argv: list[str]) -> tuple[dict[str, str], str, list[str]]:
-    """``spark-submit [options] script args`` -> (options, script, args), the way spark-submit reads it."""
-    options, index = {}, 1
-    while argv[index].startswith("--"):
-        assert argv[index] in SPARK_SUBMIT_OPTIONS_WITH_VALUE, f"unexpected spark-submit option {argv[index]}"
-        options[argv[index]] = argv[index + 1]
-        index += 2
-    return options, argv[index], argv[index + 1:]
-
-
-def parse_with_job(script: str, args: list[str]):
-    """Parse ``args`` with the parser of the job module named by ``script`` (``.../clean.py`` -> ``clean``)."""
-    module = importlib.import_module(Path(script).stem)
-    return module.build_parser().parse_args(args)
 
 
 def emr_settings():
