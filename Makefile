@@ -33,3 +33,19 @@ clean-local:
 # Side-by-side benchmark of the embed step; writes bench/results/latest.json.
 bench: venv
 	$(PY) bench/bench_embed.py --data "$(or $(DATA),$(SHARED)/data/fruits-360-sample)" --weights "$(WEIGHTS)"
+
+# The whole pipeline on this machine: fruits_pipeline in local mode through `airflow dags test` (SQLite Airflow home,
+# nothing to start), over DATA (default: a small synthetic sample), with mode=full. Everything lands in RUN_DIR.
+RUN_ENV = AIRFLOW_HOME=$(RUN_DIR)/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+	AIRFLOW_VAR_FRUITS_BACKEND=local AIRFLOW_VAR_FRUITS_LOCAL_ROOT=$(RUN_DIR)/data \
+	AIRFLOW_VAR_FRUITS_WEIGHTS="$(WEIGHTS)" AIRFLOW_VAR_FRUITS_POKE_INTERVAL=5 AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT=120
+run: venv
+	@mkdir -p $(RUN_DIR)
+	$(RUN_ENV) $(VENV)/bin/airflow db migrate > $(RUN_DIR)/airflow-db-migrate.log 2>&1
+	@set -o pipefail; \
+	input=$$(PYTHONPATH=plugins $(PY) -m fruits_airflow.local_run prepare --root $(RUN_DIR)/data $(if $(DATA),--data "$(DATA)")) && \
+	echo "Running fruits_pipeline for $(DATE) on $$input (weights: $(WEIGHTS)); log: $(RUN_DIR)/run-$(DATE).log" && \
+	$(RUN_ENV) $(VENV)/bin/airflow dags test fruits_pipeline $(DATE) \
+		--conf "{\"mode\": \"full\", \"input_uri\": \"$$input\"}" 2>&1 | tee $(RUN_DIR)/run-$(DATE).log
+	@PYTHONPATH=plugins $(PY) -m fruits_airflow.local_run summary --root $(RUN_DIR)/data --date $(DATE)

@@ -151,3 +151,38 @@ def test_job_error_is_the_jobs_own_message():
                  "    raise ValueError('bad batch')", "ValueError: bad batch", "INFO ShutdownHookManager: done"]
     assert job_error([*spark_noise, *traceback]) == "ValueError: bad batch"
     assert job_error(spark_noise).startswith("no error message found")
+
+
+# -- make run's data ------------------------------------------------------------------------------------------------
+def test_synthetic_sample_is_reproducible_labelled_and_passes_the_image_checks(tmp_path):
+    from fruits_common.images import check_image
+
+    from fruits_airflow.synthetic_sample import FRUITS, write_sample
+
+    assert write_sample(tmp_path / "a", per_label=5, seed=7) == 5 * len(FRUITS)
+    write_sample(tmp_path / "b", per_label=5, seed=7)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert {f.parts[0] for f in files} == {"Training", "Test"}
+    assert {f.parts[1] for f in files} == set(FRUITS) and all("(synthetic)" in label for label in FRUITS)
+    contents = [(tmp_path / "a" / f).read_bytes() for f in files]
+    assert contents == [(tmp_path / "b" / f).read_bytes() for f in files]
+    assert len(set(contents)) == len(contents)  # no duplicates for the clean job to drop
+    checks = [check_image(c) for c in contents]
+    assert {(c.reason, c.width, c.height) for c in checks} == {(None, 100, 100)}
+    assert "SYNTHETIC" in (tmp_path / "a" / "SYNTHETIC.txt").read_text()
+
+
+def test_prepare_links_data_or_writes_the_synthetic_sample_once(tmp_path):
+    from fruits_airflow.local_run import prepare
+
+    root = tmp_path / "root"
+    assert prepare(root, None) == "datasets/synthetic-fruits"
+    marker = root / "datasets" / "synthetic-fruits" / "SYNTHETIC.txt"
+    before = marker.stat().st_mtime_ns
+    assert prepare(root, None) == "datasets/synthetic-fruits" and marker.stat().st_mtime_ns == before
+    data = tmp_path / "fruits-360"
+    (data / "Training" / "Kiwi").mkdir(parents=True)
+    assert prepare(root, data) == "datasets/fruits-360"
+    assert (root / "datasets" / "fruits-360").resolve() == data.resolve()
+    with pytest.raises(SystemExit, match="not a folder"):
+        prepare(root, tmp_path / "missing")
