@@ -1,7 +1,7 @@
 """The run parameters of ``fruits_pipeline`` (the trigger form in the UI, ``--conf`` on the CLI).
 
 Their names are a contract. Airflow validates each one against its JSON schema when a run is triggered, so a bad
-value is refused with a message before anything runs; :meth:`RunParams.from_context` reads them back typed.
+value is refused with a message before anything runs; :meth:`RunParams.from_mapping` reads them back typed.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Every deployment setting of the fruits pipeline, read in this one place from Airflow Variables.
 
 Operators set them as Variables (UI, CLI) or as ``AIRFLOW_VAR_<NAME>`` environment variables; AWS credentials,
-region and endpoint come from the connection ``aws_default``. The DAG file calls :func:`load` when it is parsed
-(the backend and the sensors' timing shape the DAG) and the ``stage_code`` task calls it again when it runs, so
-every run uses the values current at its start. No secret or account id lives in the code.
+region and endpoint come from the connection ``aws_default``. The DAG file calls :func:`load` when it is parsed:
+the backend and the sensors' timing shape the DAG, and since a worker parses the file again before it runs a task,
+each task sees the values current at its start. A bad value is an import error of the DAG that names the Variable.
+No secret or account id lives in the code.
 
 :data:`VARIABLES` documents each Variable with its default; the DAG's ``doc_md`` and ``docs/dag.md`` show it.
 """
@@ -122,6 +123,12 @@ def load(get: Callable[[str], str | None] = _airflow_variable) -> Settings:
             raise SettingsError(f"Variable {name} must be at least {minimum} seconds, got {number}")
         return number
 
+    def memory(name: str, default: str) -> str:
+        value = text(name, default)
+        if not re.fullmatch(r"[1-9][0-9]*[kmgt]?", value.lower()):
+            raise SettingsError(f"Variable {name} must be a JVM memory size such as 2g or 4096m, got {value!r}")
+        return value
+
     bucket = text("fruits_bucket")
     if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
         raise SettingsError(f"Variable fruits_bucket must be a bare S3 bucket name (no s3://), got {bucket!r}")
@@ -145,7 +152,7 @@ def load(get: Callable[[str], str | None] = _airflow_variable) -> Settings:
         backend=backend,  # type: ignore[arg-type]  # checked against BACKENDS above
         bucket=bucket,
         local_root=local_root,
-        local_driver_memory=text("fruits_local_driver_memory", "2g"),
+        local_driver_memory=memory("fruits_local_driver_memory", "2g"),
         poke_interval=seconds("fruits_poke_interval", 120, minimum=1),
         sensor_timeout=seconds("fruits_sensor_timeout", 4 * 3600, minimum=1),
         weights=weights,

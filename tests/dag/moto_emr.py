@@ -123,3 +123,41 @@ class EmrEmulator:
         for uri in job_markers(step.args):
             bucket, key = uri.removeprefix("s3://").split("/", 1)
             s3.put_object(bucket, key, b"")
+
+
+def serve(port: int, bucket: str | None, upload_date: str | None, fail_steps: list[str]) -> None:
+    """A moto server with this emulator, for running ``airflow dags test`` by hand (see docs/dag.md)."""
+    import time
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    with EmrEmulator() as emulator:
+        emulator.fail_steps.update(fail_steps)
+        server.start()
+        endpoint = f"http://127.0.0.1:{port}"
+        if bucket:
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+            s3.create_bucket(Bucket=bucket)
+            if upload_date:
+                s3.put_object(Bucket=bucket, Key=f"uploads/{upload_date}/demo.jpg", Body=b"placeholder")
+        print(f"moto (S3, EMR with completing steps) on {endpoint}; Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            server.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    cli = argparse.ArgumentParser(description="moto server whose EMR steps complete (fruits_pipeline's tests)")
+    cli.add_argument("--port", type=int, default=5000)
+    cli.add_argument("--bucket", help="create this bucket")
+    cli.add_argument("--upload-date", help="put one placeholder upload under uploads/<date>/ of the bucket")
+    cli.add_argument("--fail-step", action="append", default=[], help="make this step fail (repeatable)")
+    options = cli.parse_args()
+    serve(options.port, options.bucket, options.upload_date, options.fail_step)

@@ -124,3 +124,13 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         params = copy.deepcopy(emr_dag.params)
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):
             params[name] = bad
+
+
+def test_docs_list_every_variable_and_param(emr_dag):
+    from fruits_airflow.settings import VARIABLES
+
+    docs = (REPO_ROOT / "docs" / "dag.md").read_text(encoding="utf-8")
+    for variable in VARIABLES:
+        assert f"| `{variable.name}` | {variable.default} |" in docs, variable.name
+    for param in emr_dag.params:
+        assert f"| `{param}` |" in docs, param

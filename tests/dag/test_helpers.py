@@ -40,6 +40,7 @@ def test_settings_default_to_local_without_a_bucket_and_to_emr_with_one(monkeypa
     ({"fruits_emr_idle_timeout": "10", "fruits_bucket": "fruits-prod"}, "at least 60"),
     ({"fruits_weights": "s3://models/w.h5"}, "local backend cannot read"),
     ({"fruits_local_root": "relative/folder"}, "absolute path"),
+    ({"fruits_local_driver_memory": "lots"}, "JVM memory size"),
 ])
 def test_settings_refuse_bad_values_naming_the_variable(variables, message):
     with pytest.raises(SettingsError, match=message):
