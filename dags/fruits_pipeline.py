@@ -62,16 +62,18 @@ SENSOR_ARGS: dict[str, Any] = {
 }
 
 
-def from_plan(key: str, index: int | None = None) -> str:
-    """Template for one value of the run's plan (``stage_code``'s XCom); the DAG renders templates natively."""
-    item = "" if index is None else f"[{index}]"
-    return f"{{{{ ti.xcom_pull(task_ids='stage_code', key='{key}'){item} }}}}"
+def from_plan(key: str) -> str:
+    """Template for one value of the run's plan (``stage_code``'s XCom); the DAG renders templates natively.
+
+    Templates rather than XComArgs keep the graph a chain: an XComArg would add an edge from stage_code to each task.
+    """
+    return f"{{{{ ti.xcom_pull(task_ids='stage_code', key='{key}') }}}}"
 
 
 def key_sensor(task_id: str, keys: str, **kwargs: Any) -> BaseOperator:
     """``S3KeySensor`` on EMR, its local twin otherwise: same keys, same wildcard and freshness rules."""
     if ON_EMR:
-        # LastModified for the freshness check (check_fn); Key to name a stale marker in the log.
+        # The freshness check (check_fn) compares the markers' LastModified with the step's start.
         metadata = {"metadata_keys": ["Key", "LastModified"]} if kwargs.get("check_fn") else {}
         return S3KeySensor(task_id=task_id, bucket_key=keys, aws_conn_id=AWS, **metadata, **SENSOR_ARGS, **kwargs)
     return LocalKeySensor(task_id=task_id, path=keys, **SENSOR_ARGS, **kwargs)

@@ -38,8 +38,9 @@ def marker_is_fresh(step_task_id: str) -> CheckFn:
         started = dt.datetime.fromisoformat(step["started"]).replace(microsecond=0)
         stale = [f for f in files if f.get("LastModified") is None or f["LastModified"] < started]
         for f in stale:
-            log.info("Marker %s was last modified at %s, before the step started at %s: waiting for a new one",
-                     f.get("Key") or "", f.get("LastModified"), started.isoformat())
+            # S3KeySensor gives no Key for an exact key; it logged the key it pokes just before.
+            log.info("Marker %s was last modified at %s, before the step started at %s: an earlier run's, waiting "
+                     "for this step's", f.get("Key") or "(the key above)", f.get("LastModified"), started.isoformat())
         return not stale
 
     return check

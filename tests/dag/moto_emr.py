@@ -9,7 +9,9 @@ so that, each time a client looks at a cluster's steps (``DescribeStep``, ``List
 * a completing step writes its job's ``_SUCCESS`` markers into moto's S3, where the job contract puts them
   (the jobs do not run: nothing else is written);
 * a step named in :attr:`EmrEmulator.fail_steps` ends FAILED instead (with no ``FailureDetails``, like moto), and
-  the later steps are CANCELLED as ``ActionOnFailure=CANCEL_AND_WAIT`` does; the cluster goes back to WAITING.
+  the later steps are CANCELLED as ``ActionOnFailure=CANCEL_AND_WAIT`` does; the cluster goes back to WAITING;
+* a step named in :attr:`EmrEmulator.silent_steps` COMPLETES without writing its markers (a job that exits 0
+  having written nothing).
 
 It also records every ``RunJobFlow`` request as sent, for assertions on what stock moto drops.
 Nothing in the DAG knows about this: it talks to moto over HTTP as it would to AWS.
@@ -50,6 +52,7 @@ class EmrEmulator:
     def __init__(self, step_seconds: float = 0.0) -> None:
         self.step_seconds = step_seconds
         self.fail_steps: set[str] = set()
+        self.silent_steps: set[str] = set()
         self.run_job_flow_requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._originals: dict[tuple[type, str], Any] = {}
@@ -113,7 +116,8 @@ class EmrEmulator:
                         if later.state == "PENDING":
                             later.state = "CANCELLED"
                     break
-                self._write_markers(cluster, step)
+                if step.name not in self.silent_steps:
+                    self._write_markers(cluster, step)
                 step.state = "COMPLETED"
             cluster.state = "WAITING"
 

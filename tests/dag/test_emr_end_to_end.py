@@ -206,3 +206,19 @@ def test_no_uploads_skips_the_run_and_creates_no_cluster(moto_endpoint, weights,
     assert result.states["wait_for_uploads"] == "skipped"
     assert {result.states[t] for t in ("create_cluster", "add_steps", "clean_step", "terminate_cluster")} == {"skipped"}
     assert boto("emr").list_clusters()["Clusters"] == []
+
+
+def test_a_stale_success_marker_is_not_taken_for_the_steps_output(moto_endpoint, weights, boto):
+    """Yesterday's stages/embed/_SUCCESS is there; today's embed step 'completes' without writing a new one."""
+    reset_moto(moto_endpoint)
+    prepare_bucket(boto)
+    boto("s3").put_object(Bucket=BUCKET, Key="stages/embed/_SUCCESS", Body=b"")
+    with EmrEmulator() as emr:
+        emr.silent_steps.add("embed")
+        result = dags_test(DATE, pipeline_env(moto_endpoint, weights, sensor_timeout=4))
+    assert result.returncode != 0
+    assert (result.states["embed_step"], result.states["embed_success"]) == ("success", "failed")
+    assert result.states["pca_step"] == "upstream_failed" and result.states["terminate_cluster"] == "success"
+    assert "before the step started" in result.log("embed_success")
+    (cluster,) = boto("emr").list_clusters()["Clusters"]
+    assert cluster["Status"]["State"] == "TERMINATED"
