@@ -12,10 +12,10 @@ plots), by the four Spark jobs in `spark_jobs/`.
 * **Schedule**: 02:00 UTC; a run processes `uploads/<its logical date>/`, i.e. the previous UTC day's uploads
   (a manual run without a logical date processes the day it was triggered). No uploads by the sensor timeout:
   the run ends with every later task skipped, and no cluster is created.
-* **Tasks**: `stage_code` (code, bundle of the shared module and weights to `code/<content hash>/`, and the
-  run's plan in XCom) → `wait_for_uploads` → [`create_cluster` → `add_steps`] → for each of clean, embed,
-  pca, report: `<job>_step` (watch the EMR step / run the local job) → `<job>_success` (its `_SUCCESS` marker,
-  written during this step) → [`terminate_cluster`].
+* **Tasks**: `stage_code` (job scripts, shared module zip, bootstrap script and weights to
+  `code/<content hash>/`; the run's plan to XCom) → `wait_for_uploads` → [`create_cluster` → `add_steps`] →
+  for each of clean, embed, pca, report: `<job>_step` (watch the EMR step / run the local job) →
+  `<job>_success` (its `_SUCCESS` marker, written during this step) → [`terminate_cluster`].
 * **Failures**: a failed step cancels the later ones; the error names the step, EMR's reason and the logs.
   To retry, clear the whole run (a new cluster is created).
 """
