@@ -6,7 +6,7 @@ the backend and the sensors' timing shape the DAG, and since a worker parses the
 each task sees the values current at its start. A bad value is an import error of the DAG that names the Variable.
 No secret or account id lives in the code.
 
-:data:`VARIABLES` documents each Variable with its default; the DAG's ``doc_md`` and ``docs/dag.md`` show it.
+:data:`VARIABLES` documents each Variable with its default; the DAG's ``doc_md`` and ``README.md`` show it.
 """
 from __future__ import annotations
 

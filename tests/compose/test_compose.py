@@ -23,7 +23,7 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
-COMPOSE_DOC = REPO_ROOT / "docs" / "compose.md"
+COMPOSE_DOC = REPO_ROOT / "README.md"
 DAG_SOURCES = [REPO_ROOT / "dags", REPO_ROOT / "plugins"]
 
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]

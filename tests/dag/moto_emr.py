@@ -130,7 +130,7 @@ class EmrEmulator:
 
 
 def serve(port: int, bucket: str | None, upload_date: str | None, fail_steps: list[str]) -> None:
-    """A moto server with this emulator, for running ``airflow dags test`` by hand (see docs/dag.md)."""
+    """A moto server with this emulator, for running ``airflow dags test`` by hand (see README.md)."""
     import time
 
     import boto3

@@ -129,7 +129,7 @@ def test_params_are_validated_with_clear_messages(emr_dag):
 def test_docs_list_every_variable_and_param(emr_dag):
     from fruits_airflow.settings import VARIABLES
 
-    docs = (REPO_ROOT / "docs" / "dag.md").read_text(encoding="utf-8")
+    docs = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     for variable in VARIABLES:
         assert f"| `{variable.name}` | {variable.default} |" in docs, variable.name
     for param in emr_dag.params:
