@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 import sys
@@ -30,6 +31,8 @@ def spark():
                .config("spark.sql.session.timeZone", "UTC")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
+    # py4j logs at INFO while the interpreter shuts down, after pytest has closed its capture streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     yield session
     session.stop()
 
