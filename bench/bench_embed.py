@@ -34,11 +34,15 @@ RUN_DATE = dt.date(2026, 1, 1)
 
 
 class PeakRss:
-    """Peak resident memory (PSS: forked Python workers share pages with their daemon, and plain RSS would
-    count those pages once per process), sampled: of this process and all its children (driver, Spark's JVM,
-    Python workers), and of the Python workers alone (where the model and the image batches live)."""
+    """Peak resident memory, sampled once a second: of this process and all its children (driver, Spark's
+    JVM, Python workers), and of the Python workers alone (where the model and the image batches live).
 
-    def __init__(self, interval: float = 0.2) -> None:
+    Python workers are forked from one daemon and share pages with it, so they are counted by PSS; reading
+    PSS costs CPU (the kernel walks the page tables), which is why the JVM is counted by plain RSS and the
+    sampling is slow: the probe must not slow down what it measures.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
         self.interval, self.peak_mb, self.workers_peak_mb = interval, 0.0, 0.0
         self._stop = threading.Event()
 
@@ -48,10 +52,12 @@ class PeakRss:
             total = workers = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    rss = proc.memory_full_info().pss
-                    total += rss
                     if proc.pid != me.pid and "python" in proc.name().lower():
-                        workers += rss
+                        pss = proc.memory_full_info().pss
+                        workers += pss
+                        total += pss
+                    else:
+                        total += proc.memory_info().rss
                 except psutil.Error:
                     pass
             self.peak_mb = max(self.peak_mb, total / 2**20)
@@ -152,7 +158,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,2000,4000", help="embed input sizes, comma-separated")
     parser.add_argument("--reference-images", type=int, default=1000,
                         help="images for the Keras and classic UDF references")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--engine", default="onnx")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
