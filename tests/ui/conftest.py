@@ -148,18 +148,8 @@ class AirflowServers:
         for name, proc in reversed(list(self.procs.items())):
             report += stop_process_tree(proc, name)
         leftovers = [p for p in self.seen.values() if _alive(p)]
-        for p in leftovers:
-            try:
-                report.append(f"leftover process {p.pid} ({' '.join(p.cmdline()[:3])}) stopped")
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, still = psutil.wait_procs(leftovers, timeout=10)
-        for p in still:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        report += [f"leftover process {p.pid} stopped" for p in leftovers]
+        _terminate_then_kill(leftovers)
         return report
 
     def logs(self, lines: int = 80) -> str:
@@ -279,19 +269,24 @@ def stop_process_tree(proc: subprocess.Popen, name: str, grace: float = 20) -> l
         proc.wait(timeout=10)
     # Descendants that escaped the group.
     leftovers = [p for p in descendants if _alive(p)]
-    for p in leftovers:
-        report.append(f"{name}: leftover descendant {p.pid} stopped")
+    report += [f"{name}: leftover descendant {p.pid} stopped" for p in leftovers]
+    _terminate_then_kill(leftovers)
+    return report
+
+
+def _terminate_then_kill(procs: list[psutil.Process], grace: float = 10) -> None:
+    """SIGTERM each process, then SIGKILL those still alive after ``grace`` seconds."""
+    for p in procs:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, still = psutil.wait_procs(leftovers, timeout=10)
+    _, still = psutil.wait_procs(procs, timeout=grace)
     for p in still:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    return report
 
 
 def _alive(p: psutil.Process) -> bool:
