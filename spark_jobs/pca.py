@@ -71,6 +71,7 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
         if not storage.exists(spark, model):
             raise JobError(f"--reuse-model: no saved PCA model at {model}; run once without it to fit one")
         fitted = PCAModel.load(model)
+        log.info("reusing the saved model (k=%d): --k/--variance are ignored", fitted.pc.numCols)
         if fitted.pc.numRows != embedding.FEATURE_SIZE:
             raise JobError(f"saved model expects {fitted.pc.numRows} features, data has "
                            f"{embedding.FEATURE_SIZE}")
