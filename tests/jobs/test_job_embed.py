@@ -88,3 +88,33 @@ def test_keras_and_onnx_engines_give_the_same_features(full_run, spark, tmp_path
     keras = {r["image_id"]: np.array(r["features"]) for r in spark.read.parquet(str(out)).collect()}
     assert len(keras) == 40 and keras.keys() <= onnx.keys()
     assert max(np.abs(keras[i] - onnx[i]).max() for i in keras) < 1e-4
+
+
+def test_onnx_engine_runs_without_tensorflow(full_run, spark, sample_dir, weights_file):
+    """Executors on EMR get no TensorFlow (emr_bootstrap.sh): the onnx path must not import it."""
+    import subprocess
+    import sys
+
+    from fruits_common import embedding
+
+    name = embedding.onnx_name(str(weights_file))
+    # Exported once by the full run: next to the weights, or in the cache when their folder is read-only.
+    onnx_file = next(p for p in (weights_file.parent / name, embedding.MODEL_CACHE / name) if p.is_file())
+    files = sorted((sample_dir / "Test" / "Kiwi").glob("*.jpg"))[:8]
+    script = (
+        "import sys, json\n"
+        "sys.modules['tensorflow'] = None; sys.modules['keras'] = None  # any import of them fails\n"
+        f"sys.path.insert(0, {str(embed.__file__.rsplit('/', 1)[0])!r})\n"
+        "import numpy as np\n"
+        "from fruits_common import embedding, images\n"
+        f"model = embedding.get_model({str(onnx_file)!r}, 'onnx', 1)\n"
+        f"pixels = np.stack([images.model_input(open(p, 'rb').read()) for p in {[str(f) for f in files]!r}])\n"
+        "print(json.dumps(model(pixels).tolist()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    features = np.array(__import__("json").loads(result.stdout.strip().splitlines()[-1]))
+    by_path = {"/".join(r["path"].split("/")[-3:]): np.array(r["features"]) for r in spark.read.parquet(
+        full_run.paths["embed"]).filter(F.col("label") == "Kiwi").collect()}
+    expected = np.stack([by_path["/".join(f.parts[-3:])] for f in files])
+    assert features.shape == (8, 1280) and np.abs(features - expected).max() < 1e-5
