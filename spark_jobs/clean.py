@@ -89,22 +89,21 @@ def _read_files(spark: SparkSession, input_uri: str) -> DataFrame:
             .select("path", "content", "length"))
 
 
-def _unreadable_files(spark: SparkSession, input_uri: str) -> DataFrame:
+def _unreadable_files(spark: SparkSession, input_uri: str, input_root: str) -> DataFrame:
     """Rejections for image files Spark's scan cannot hold: empty ones (Spark skips them silently)
     and ones over ``MAX_FILE_BYTES``. Only their paths reach the driver."""
     rows = []
     for path, length in storage.list_files(spark, input_uri):
         if not images.IMAGE_NAME.search(path):
             continue
+        label = images.label_from_path(path, input_root)
         if length == 0:
-            rows.append((images.content_id(b""), path, 0, images.EMPTY_FILE, "the file has no bytes"))
+            rows.append((images.content_id(b""), path, label, 0, images.EMPTY_FILE, "the file has no bytes"))
         elif length > images.MAX_FILE_BYTES:
-            rows.append((None, path, length, images.TOO_LARGE,
+            rows.append((None, path, label, length, images.TOO_LARGE,
                          f"{length} bytes is over the {images.MAX_FILE_BYTES} byte limit"))
-    input_root = storage.qualify(spark, input_uri)
     return spark.createDataFrame(
-        [(i, p, images.label_from_path(p, input_root), n, r, d) for i, p, n, r, d in rows],
-        "image_id string, path string, label string, size_bytes long, reason string, detail string")
+        rows, "image_id string, path string, label string, size_bytes long, reason string, detail string")
 
 
 def run(spark: SparkSession, input: str, output: str, rejected: str,
@@ -149,7 +148,7 @@ def run(spark: SparkSession, input: str, output: str, rejected: str,
         F.lit(images.DUPLICATE).alias("reason"), duplicate_detail.alias("detail"))
     invalid = checked.filter(F.col("reason").isNotNull()).select(
         "image_id", "path", "label", "size_bytes", "reason", "detail")
-    rejects = invalid.unionByName(duplicates).unionByName(_unreadable_files(spark, input))
+    rejects = invalid.unionByName(duplicates).unionByName(_unreadable_files(spark, input, input_root))
 
     # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date.
     clean_schema = schemas.without_partition(schemas.CLEAN)

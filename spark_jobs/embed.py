@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from fruits_common import embedding, images, schemas, storage
 from fruits_common.errors import JobError

@@ -20,7 +20,6 @@ from pyspark import StorageLevel
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from fruits_common import embedding, schemas, storage
 from fruits_common.errors import JobError

@@ -191,7 +191,7 @@ def test_failing_embed_step_fails_the_run_and_still_terminates_the_cluster(moto_
     assert steps == {"clean": "COMPLETED", "embed": "FAILED", "pca": "CANCELLED", "report": "CANCELLED"}
 
     log = result.log("embed_step")
-    assert f"EMR step 'embed'" in log and f"on cluster {cluster['Id']} ended FAILED" in log
+    assert "EMR step 'embed'" in log and f"on cluster {cluster['Id']} ended FAILED" in log
     assert "EMR gave no failure details" in log
     assert f"s3://{BUCKET}/logs/emr/{cluster['Id']}/steps/" in log
 
