@@ -19,9 +19,12 @@ import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import SparkSession
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.ml.wrapper import JavaWrapper
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from fruits_common import embedding, schemas, storage
+from fruits_common import covariance, embedding, schemas, storage
 from fruits_common.errors import JobError
 from fruits_common.spark import fraction, main, positive_int
 
@@ -52,6 +55,30 @@ def choose_k(explained_variance: np.ndarray, target: float) -> int:
     return int(reached[0]) + 1 if len(reached) else len(explained_variance)
 
 
+def fit(features: DataFrame, rows: int, k: int | None, variance: float | None) -> PCAModel:
+    """A Spark ML PCA model fitted on the ``features`` column, with ``k`` components or enough for ``variance``.
+
+    The covariance is aggregated on the executors and decomposed with NumPy (see ``fruits_common.covariance``
+    for why not ``pyspark.ml.feature.PCA.fit``); the result is an ordinary ``PCAModel``, saved and loaded with
+    Spark ML, whose ``explainedVariance`` is each component's fraction of the total variance, as Spark's.
+    """
+    if rows < 2:
+        raise JobError(f"PCA needs at least 2 images, the features dataset has {rows}")
+    moments = covariance.column_moments(features, "features", embedding.FEATURE_SIZE)
+    axes, explained = covariance.principal_axes(moments.covariance())
+    if explained.sum() == 0:
+        raise JobError(f"all {rows} feature vectors are identical: there is no variance to keep")
+    if k is None:
+        k = choose_k(explained, variance)
+    # PCAModel has no public constructor in Python; Spark's own (uid, pc, explainedVariance) one is used.
+    java_model = JavaWrapper._new_java_obj(
+        "org.apache.spark.ml.feature.PCAModel", PCA().uid,
+        DenseMatrix(axes.shape[0], k, axes[:, :k].ravel(order="F").tolist()),
+        DenseVector(explained[:k].tolist()))
+    model = PCAModel(java_model)
+    return model._set(k=k)
+
+
 def run(spark: SparkSession, input: str, output: str, model: str, k: int | None = None,
         variance: float | None = None, reuse_model: bool = False) -> dict:
     """Fit (or load) the PCA model and project every embedding with it."""
@@ -60,11 +87,15 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
     if not storage.has_parquet(spark, input):
         raise JobError(f"input (features dataset) has no data: {input}")
     features = (spark.read.schema(schemas.EMBED).parquet(input)
-                .withColumn("vector", array_to_vector("features")).drop("features")
-                .persist(StorageLevel.MEMORY_AND_DISK))  # a variance fit reads it twice
+                .persist(StorageLevel.MEMORY_AND_DISK))  # read by the checks, the fit and the projection
     rows = features.count()
     if rows == 0:
         raise JobError(f"input (features dataset) has no rows: {input}")
+    malformed = features.filter(F.col("features").isNull()
+                                | (F.size("features") != embedding.FEATURE_SIZE)).count()
+    if malformed:
+        raise JobError(f"input (features dataset) has {malformed} rows without {embedding.FEATURE_SIZE} "
+                       f"features: {input}")
 
     if reuse_model:
         if not storage.exists(spark, model):
@@ -78,19 +109,12 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
     else:
         if k is not None and k > embedding.FEATURE_SIZE:
             raise JobError(f"--k {k} is more than the {embedding.FEATURE_SIZE} features")
-        if variance is not None:
-            # Spark ML reports variance ratios against the total, so one full fit gives the whole curve.
-            full = PCA(k=embedding.FEATURE_SIZE, inputCol="vector", outputCol="projected").fit(features)
-            k = choose_k(full.explainedVariance.toArray(), variance)
-            fitted = full if k == embedding.FEATURE_SIZE else PCA(
-                k=k, inputCol="vector", outputCol="projected").fit(features)
-        else:
-            fitted = PCA(k=k, inputCol="vector", outputCol="projected").fit(features)
+        fitted = fit(features, rows, k, variance)
         fitted.write().overwrite().save(model)
         mode = "fitted"
 
     fitted = fitted.setInputCol("vector").setOutputCol("projected")
-    projected = fitted.transform(features).select(
+    projected = fitted.transform(features.withColumn("vector", array_to_vector("features"))).select(
         "image_id", "path", "label",
         vector_to_array("projected", dtype="float32").alias("pca"), schemas.PARTITION_COLUMN)
     (projected.write.mode("overwrite").option("compression", "zstd")

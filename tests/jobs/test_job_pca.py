@@ -1,6 +1,7 @@
 """pca: the variance target, a reusable model, and features that still separate the fruits."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 
@@ -10,6 +11,7 @@ from pyspark.ml.feature import PCAModel
 from pyspark.sql import functions as F
 
 import pca
+from fruits_common.covariance import Moments, column_moments
 from fruits_common.errors import JobError
 
 
@@ -29,6 +31,46 @@ def test_variance_target_picks_the_smallest_k(full_run, spark):
     assert output.schema.fieldNames() == ["image_id", "path", "label", "pca", "ingest_date"]
     assert output.count() == 4800 and output.filter(F.size("pca") != k).count() == 0
     assert PCAModel.load(full_run.paths["model"]).pc.numCols == k
+
+
+def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
+    """The saved model is the PCA NumPy computes from the embeddings, and the output is their projection on it."""
+    embed = spark.read.parquet(full_run.paths["embed"]).select("image_id", "features").collect()
+    features = np.array([r["features"] for r in embed], dtype=np.float64)
+    variances = np.linalg.eigvalsh(np.cov(features, rowvar=False))[::-1]
+    ratios = variances / variances.sum()
+    model = PCAModel.load(full_run.paths["model"])
+    k = model.pc.numCols
+    assert k == np.searchsorted(np.cumsum(ratios), 0.9) + 1
+    np.testing.assert_allclose(model.explainedVariance.toArray(), ratios[:k], rtol=1e-6, atol=1e-12)
+    axes = model.pc.toArray()
+    np.testing.assert_allclose(axes.T @ axes, np.eye(k), atol=1e-9)
+    projected = _projections(spark, full_run.paths["pca"])
+    expected = dict(zip((r["image_id"] for r in embed), features @ axes))
+    assert max(np.abs(projected[i] - expected[i]).max() for i in expected) < 1e-3  # float32 output
+
+
+def test_refit_is_identical(full_run, spark, tmp_path):
+    first = pca.run(spark, full_run.paths["embed"], str(tmp_path / "p1"), str(tmp_path / "m1"), variance=0.9)
+    second = pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "m2"), variance=0.9)
+    assert first["explained_variance"] == second["explained_variance"] == full_run.pca["explained_variance"]
+    assert _projections(spark, str(tmp_path / "p1")).keys() == _projections(spark, str(tmp_path / "p2")).keys()
+    np.testing.assert_array_equal(PCAModel.load(str(tmp_path / "m1")).pc.toArray(),
+                                  PCAModel.load(str(tmp_path / "m2")).pc.toArray())
+
+
+def test_merged_moments_equal_numpy(spark):
+    rng = np.random.default_rng(7)
+    data = rng.normal(5.0, 2.0, size=(301, 6)) @ rng.normal(size=(6, 6))
+    parts = [Moments.of(chunk) for chunk in np.array_split(data, [1, 40, 200])]
+    merged = parts[0].merge(parts[1]).merge(parts[2].merge(parts[3]))
+    assert merged.count == 301
+    np.testing.assert_allclose(merged.mean, data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance(), np.cov(data, rowvar=False), rtol=1e-10, atol=1e-10)
+    frame = spark.createDataFrame([(row.tolist(),) for row in data], "v array<double>").repartition(5)
+    distributed = column_moments(frame, "v", 6)
+    np.testing.assert_allclose(distributed.covariance(), np.cov(data, rowvar=False), rtol=1e-10, atol=1e-10)
+    assert column_moments(frame.limit(0), "v", 6) is None
 
 
 def test_choose_k():
@@ -53,7 +95,7 @@ def test_reused_model_projects_identically(full_run, spark, tmp_path):
 
 def test_fixed_k_and_missing_model(full_run, spark, tmp_path):
     summary = pca.run(spark, full_run.paths["embed"], str(tmp_path / "pca"), str(tmp_path / "m"), k=5)
-    assert summary["k"] == 5 and len(summary["explained_variance"]) == 5
+    assert summary["k"] == 5 and summary["explained_variance"] == full_run.pca["explained_variance"][:5]
     with pytest.raises(JobError, match="no saved PCA model"):
         pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "none"), k=5,
                 reuse_model=True)
@@ -72,3 +114,23 @@ def test_training_features_predict_test_labels(full_run, spark):
     predicted = [labels[i] for i in distances.argmin(axis=1)]
     accuracy = np.mean([p == y for p, (_, y) in zip(predicted, test)])
     assert accuracy >= 0.95, accuracy
+
+
+def _write_features(spark, path, vectors: list[list[float] | None]) -> str:
+    rows = [(f"id{i}", f"/x/{i}.jpg", None, v, dt.date(2026, 1, 1)) for i, v in enumerate(vectors)]
+    spark.createDataFrame(rows, "image_id string, path string, label string, features array<float>, "
+                                "ingest_date date").write.partitionBy("ingest_date").parquet(str(path))
+    return str(path)
+
+
+def test_bad_features_are_a_clear_error(spark, tmp_path):
+    short = _write_features(spark, tmp_path / "short", [[0.5] * 1280, [1.0] * 12])
+    with pytest.raises(JobError, match="1 rows without 1280 features"):
+        pca.run(spark, short, str(tmp_path / "p"), str(tmp_path / "m"), k=1)
+    same = _write_features(spark, tmp_path / "same", [[0.25] * 1280] * 3)
+    with pytest.raises(JobError, match="identical: there is no variance"):
+        pca.run(spark, same, str(tmp_path / "p"), str(tmp_path / "m"), variance=0.9)
+    one = _write_features(spark, tmp_path / "one", [[0.25] * 1280])
+    with pytest.raises(JobError, match="at least 2 images"):
+        pca.run(spark, one, str(tmp_path / "p"), str(tmp_path / "m"), k=1)
+    assert not (tmp_path / "m").exists()
