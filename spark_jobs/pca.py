@@ -91,11 +91,12 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
     rows = features.count()
     if rows == 0:
         raise JobError(f"input (features dataset) has no rows: {input}")
-    malformed = features.filter(F.col("features").isNull()
-                                | (F.size("features") != embedding.FEATURE_SIZE)).count()
+    malformed = features.filter(
+        F.col("features").isNull() | (F.size("features") != embedding.FEATURE_SIZE)
+        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))).count()
     if malformed:
         raise JobError(f"input (features dataset) has {malformed} rows without {embedding.FEATURE_SIZE} "
-                       f"features: {input}")
+                       f"finite features: {input}")
 
     if reuse_model:
         if not storage.exists(spark, model):

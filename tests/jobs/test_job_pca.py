@@ -116,7 +116,7 @@ def test_training_features_predict_test_labels(full_run, spark):
     assert accuracy >= 0.95, accuracy
 
 
-def _write_features(spark, path, vectors: list[list[float] | None]) -> str:
+def _write_features(spark, path, vectors: list[list[float]]) -> str:
     rows = [(f"id{i}", f"/x/{i}.jpg", None, v, dt.date(2026, 1, 1)) for i, v in enumerate(vectors)]
     spark.createDataFrame(rows, "image_id string, path string, label string, features array<float>, "
                                 "ingest_date date").write.partitionBy("ingest_date").parquet(str(path))
@@ -124,8 +124,8 @@ def _write_features(spark, path, vectors: list[list[float] | None]) -> str:
 
 
 def test_bad_features_are_a_clear_error(spark, tmp_path):
-    short = _write_features(spark, tmp_path / "short", [[0.5] * 1280, [1.0] * 12])
-    with pytest.raises(JobError, match="1 rows without 1280 features"):
+    short = _write_features(spark, tmp_path / "short", [[0.5] * 1280, [1.0] * 12, [float("nan")] * 1280])
+    with pytest.raises(JobError, match="2 rows without 1280 finite features"):
         pca.run(spark, short, str(tmp_path / "p"), str(tmp_path / "m"), k=1)
     same = _write_features(spark, tmp_path / "same", [[0.25] * 1280] * 3)
     with pytest.raises(JobError, match="identical: there is no variance"):
