@@ -30,8 +30,6 @@ from fruits_common.spark import fraction, main, positive_int
 
 log = logging.getLogger("fruits.pca")
 
-SUMMARY_FILE = "_summary.json"  # '_' prefix: Parquet readers skip it
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The job's command line (an interface: the DAG and the docs call it)."""
@@ -132,7 +130,7 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
         "explained_variance": ratios,
         "cumulative_explained_variance": [float(v) for v in np.cumsum(ratios)],
     }
-    storage.write_text(spark, storage.join(output, SUMMARY_FILE), json.dumps(summary, indent=2))
+    storage.write_text(spark, storage.join(output, schemas.PCA_SUMMARY_FILE), json.dumps(summary, indent=2))
     log.info("pca: %d rows, k=%d (%s), cumulative variance %.4f", rows, summary["k"], mode,
              summary["cumulative_explained_variance"][-1])
     return summary

@@ -113,7 +113,7 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str,
     """Compute the run's report from the datasets and write it with its plots under ``output``."""
     kept = _partition(spark, clean, schemas.CLEAN, run_date)
     rejects = _partition(spark, rejected, schemas.REJECTED, run_date)
-    summary = json.loads(storage.read_text(spark, storage.join(pca, "_summary.json")))
+    summary = json.loads(storage.read_text(spark, storage.join(pca, schemas.PCA_SUMMARY_FILE)))
     final = spark.read.schema(schemas.PCA).parquet(pca)
 
     kept_count = kept.count()

@@ -14,7 +14,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-JOB_SCRIPTS = ("clean.py", "embed.py", "pca.py", "report.py")
+JOB_NAMES = ("clean", "embed", "pca", "report")  # in run order
+JOB_SCRIPTS = tuple(f"{name}.py" for name in JOB_NAMES)
 SHARED_PACKAGE = "fruits_common"
 SHARED_ZIP = f"{SHARED_PACKAGE}.zip"
 REQUIREMENTS = "requirements.txt"

@@ -56,25 +56,24 @@ class LocalSparkJobOperator(BaseOperator):
     template_fields: Sequence[str] = ("job",)
     ui_color = "#f4a460"
 
-    def __init__(self, *, job: dict[str, Any], master: str = "local[*]", driver_memory: str = "2g",
-                 **kwargs: Any) -> None:
+    def __init__(self, *, job: dict[str, Any], driver_memory: str = "2g", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job = job
-        self.master = master
         self.driver_memory = driver_memory
         self._process: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
         """The spark-submit command line: the plan's job arguments, as on EMR, on a local master."""
         job = JobRun(**self.job)
-        return [spark_submit_path(), "--master", self.master, "--driver-memory", self.driver_memory,
+        return [spark_submit_path(), "--master", "local[*]", "--driver-memory", self.driver_memory,
                 "--driver-java-options", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}",
                 # No web UI (nobody looks at it, and parallel runs would race for its port), no progress bars.
                 "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
                 *job.submit_args()]
 
     def execute(self, context: Any) -> dict[str, str]:
-        name = self.job["name"]
+        job = JobRun(**self.job)
+        name = job.name
         command = self.command()
         # Spark's Python workers (and the driver) must be this interpreter: it has the pinned packages.
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -97,7 +96,7 @@ class LocalSparkJobOperator(BaseOperator):
             raise AirflowException(f"The {name} job failed (spark-submit exit status {returncode}): "
                                    f"{job_error(list(tail))}")
         self.log.info("The %s job finished in %.0f s; outputs: %s", name, (ended - started).total_seconds(),
-                      ", ".join(m.rsplit("/", 1)[0] for m in self.job["markers"]))
+                      ", ".join(m.rsplit("/", 1)[0] for m in job.markers))
         return {"started": started.isoformat(), "ended": ended.isoformat()}
 
     def on_kill(self) -> None:

@@ -23,11 +23,11 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fruits_airflow.bundle import SHARED_ZIP, Bundle
+from fruits_airflow.bundle import JOB_NAMES, SHARED_ZIP, Bundle
 from fruits_airflow.params import RunParams
 from fruits_airflow.settings import Settings
 
-STEP_NAMES = ("clean", "embed", "pca", "report")
+STEP_NAMES = JOB_NAMES  # one EMR step (one local task) per job, in run order
 SUCCESS = "_SUCCESS"
 # A failed step cancels the later ones and leaves the cluster up for the teardown task (and its logs intact).
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
@@ -58,9 +58,6 @@ class Layout:
 
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
-
-    def uploads(self) -> str:
-        return self.join("uploads")
 
     def code(self, digest: str) -> str:
         return self.join("code", digest)

@@ -71,12 +71,13 @@ class LocalKeySensor(BaseSensorOperator):
     def _check(self, pattern: str, context: Any) -> bool:
         self.log.info("Poking for %s", pattern)
         if self.wildcard_match:
-            files = [_metadata(p) for p in _walk(_listing_root(pattern)) if fnmatch.fnmatchcase(p, pattern)]
+            matches = (p for p in _walk(_listing_root(pattern)) if fnmatch.fnmatchcase(p, pattern))
         else:
-            files = [_metadata(pattern)] if os.path.isfile(pattern) else []
-        if not files:
-            return False
-        return self.check_fn(files, **context) if self.check_fn else True
+            matches = iter([pattern] if os.path.isfile(pattern) else [])
+        if self.check_fn is None:  # existence only: stop at the first match, stat nothing
+            return next(matches, None) is not None
+        files = [_metadata(p) for p in matches]
+        return bool(files) and self.check_fn(files, **context)
 
 
 def _listing_root(pattern: str) -> str:

@@ -64,8 +64,7 @@ def _partition_moments(batches: Iterator[pa.RecordBatch], column: str, size: int
 
     def flush() -> None:
         nonlocal moments, pending, pending_rows
-        part = Moments.of(np.concatenate(pending).astype(np.float64))
-        moments = part if moments is None else moments.merge(part)
+        moments = _merge_optional(moments, Moments.of(np.concatenate(pending).astype(np.float64)))
         pending, pending_rows = [], 0
 
     for batch in batches:
@@ -89,10 +88,15 @@ def column_moments(frame: DataFrame, column: str, size: int) -> Moments | None:
     """Moments of the fixed-size ``array<float|double>`` column ``column`` (None when there are no rows)."""
     partials = frame.select(column).mapInArrow(
         lambda batches: _partition_moments(batches, column, size), "moments binary")
-    blobs = partials.rdd.map(lambda row: Moments.from_bytes(row.moments))
-    if blobs.isEmpty():
-        return None
-    return blobs.treeReduce(Moments.merge)
+    # One pass over the data; None is the zero value, so a frame without rows gives None.
+    return partials.rdd.map(lambda row: Moments.from_bytes(row.moments)).treeAggregate(
+        None, _merge_optional, _merge_optional)
+
+
+def _merge_optional(left: Moments | None, right: Moments | None) -> Moments | None:
+    if left is None or right is None:
+        return left if right is None else right
+    return left.merge(right)
 
 
 def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ from pyspark.sql.types import (
 )
 
 PARTITION_COLUMN = "ingest_date"
+# Written by pca next to its output, read by report ('_' prefix: Parquet readers skip it).
+PCA_SUMMARY_FILE = "_summary.json"
 
 # stages/clean/ingest_date=YYYY-MM-DD/: valid, de-duplicated images with their original bytes.
 CLEAN = StructType([

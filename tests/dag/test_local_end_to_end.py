@@ -14,12 +14,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import report as report_job
+from airflow.sdk.exceptions import AirflowException
 from bad_images import EXPECTED_REASONS, write_bad_files
 from dag_harness import dags_test
-from airflow.sdk.exceptions import AirflowException
 from fruits_airflow.bundle import zip_package
 from fruits_airflow.local_spark import LocalSparkJobOperator
 from fruits_airflow.plan import JobRun
+from sample_images import copy_images, sample_files
 
 DAY1, DAY2 = "2026-05-01", "2026-05-02"
 PER_LABEL = 12  # x 8 labels of the sample's Training split
@@ -30,10 +32,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 def rows(folder: Path) -> int:
     return pq.read_table(folder).num_rows
-
-
-def copy_sample(sample_dir: Path, split: str, count: int, skip: int = 0) -> list[Path]:
-    return [f for label in sorted((sample_dir / split).iterdir()) for f in sorted(label.glob("*.jpg"))[skip:skip + count]]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +53,7 @@ def env(root: Path, weights_file: Path) -> dict[str, str]:
 def first_run(root, env, sample_dir):
     """A bulk load: datasets/fruits-sample/Training/<label>/..., mode=full, PCA to 90% of the variance."""
     dataset = root / "datasets" / "fruits-sample"
-    for image in copy_sample(sample_dir, "Training", PER_LABEL):
-        target = dataset / "Training" / image.parent.name / image.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, target)
+    copy_images(sample_dir, dataset, per_label=PER_LABEL, splits=("Training",))
     bad_folder = dataset / "Training" / "Kiwi"
     write_bad_files(bad_folder, next(bad_folder.glob("*.jpg")))
     shutil.copy(next((dataset / "Training" / "Banana").glob("*.jpg")), dataset / "Training" / "Banana" / "copy.jpg")
@@ -73,7 +68,7 @@ def second_run(first_run, root, env, sample_dir):
     """The next night: new uploads, and one photo that was already ingested by the bulk load."""
     uploads = root / "uploads" / DAY2
     uploads.mkdir(parents=True)
-    for image in copy_sample(sample_dir, "Test", NEW_PER_LABEL):
+    for image in sample_files(sample_dir, "Test", NEW_PER_LABEL):
         shutil.copy(image, uploads / f"{image.parent.name.replace(' ', '_')}_{image.name}")
     shutil.copy(next((root / "datasets" / "fruits-sample" / "Training" / "Lemon").glob("*.jpg")), uploads / "again.jpg")
 
@@ -101,7 +96,7 @@ def test_bulk_load_writes_every_stage(first_run, root):
     report = json.loads((report_dir / "report.json").read_text())
     assert (report["kept"], report["rejected"], report["k"]) == (kept, len(EXPECTED_REASONS) + 1, summary["k"])
     assert sorted(report["kept_per_label"]) == sorted(p.name for p in (root / "datasets/fruits-sample/Training").iterdir())
-    for plot in ("explained_variance.png", "pca_scatter.png", "images_per_label.png"):
+    for plot in report_job.PLOTS:
         assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,7 +136,7 @@ def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):
         LocalSparkJobOperator(task_id="clean_step", job=asdict(job)).execute({})
 
 
-def test_no_uploads_skips_the_local_run(tmp_path, weights_file):
+def test_no_uploads_skips_the_local_run(tmp_path):
     env = {"AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(tmp_path), "AIRFLOW_VAR_FRUITS_WEIGHTS": "imagenet",
            "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1", "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "2"}
     result = dags_test("2026-05-03", env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,21 +34,6 @@ def spark():
     logging.getLogger("py4j").setLevel(logging.WARNING)
     yield session
     session.stop()
-
-
-def copy_images(source: Path, target: Path, per_label: int | None = None,
-                splits: tuple[str, ...] = ("Training", "Test"), skip: int = 0) -> list[Path]:
-    """Copy ``per_label`` images (after the first ``skip``) of each label of each split, keeping the layout."""
-    copied = []
-    for split in splits:
-        for label_dir in sorted((source / split).iterdir()):
-            files = sorted(label_dir.glob("*.jpg"))[skip:]
-            for file in files[:per_label] if per_label else files:
-                destination = target / split / label_dir.name / file.name
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(file, destination)
-                copied.append(destination)
-    return copied
 
 
 @dataclass

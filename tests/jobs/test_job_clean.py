@@ -11,7 +11,8 @@ import bad_images
 import clean
 from fruits_common import schemas
 from fruits_common.errors import JobError
-from jobs.conftest import RUN_DATE, copy_images
+from jobs.conftest import RUN_DATE
+from sample_images import copy_images
 
 
 def _rows(spark, path, columns=("image_id", "path", "label")):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fruits_airflow.bundle import zip_package
-from jobs.conftest import REPO_ROOT, RUN_DATE, copy_images
+from jobs.conftest import REPO_ROOT, RUN_DATE
+from sample_images import copy_images
 
 JOBS = REPO_ROOT / "spark_jobs"
 

@@ -22,7 +22,6 @@ import psutil
 import pytest
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
 ADMIN_USER = "admin"

@@ -9,12 +9,14 @@ outputs. Every process is stopped by PID afterwards, and the server and task log
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from sample_images import copy_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "fruits_pipeline"
@@ -22,19 +24,6 @@ RUN_DATE = "2026-03-14"
 IMAGES_PER_LABEL = 5  # x 8 labels of the sample: 40 real images
 DATASET = "datasets/fruits-360-sample"
 RUN_TIMEOUT_S = 40 * 60  # four real Spark jobs on 2 cores, next to other tests
-
-
-def copy_sample(sample_dir: Path, target: Path, per_label: int) -> dict[str, int]:
-    """The first ``per_label`` images of each Training label, in the Fruits-360 layout (labels from folders)."""
-    counts = {}
-    for label_dir in sorted(p for p in (sample_dir / "Training").iterdir() if p.is_dir()):
-        files = sorted(label_dir.glob("*.jpg"))[:per_label]
-        dest = target / "Training" / label_dir.name
-        dest.mkdir(parents=True)
-        for f in files:
-            shutil.copy2(f, dest / f.name)
-        counts[label_dir.name] = len(files)
-    return counts
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -46,7 +35,8 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_ui_path_trigger_fruits_pipeline_through_the_rest_api(airflow_servers_factory, sample_dir, weights_file,
                                                               tmp_path):
     root = tmp_path / "fruits-root"
-    counts = copy_sample(sample_dir, root / DATASET, IMAGES_PER_LABEL)
+    copied = copy_images(sample_dir, root / DATASET, per_label=IMAGES_PER_LABEL, splits=("Training",))
+    counts = dict(sorted(Counter(p.parent.name for p in copied).items()))
     n_images = sum(counts.values())
     assert 30 <= n_images <= 60, counts
 
