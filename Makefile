@@ -4,14 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
-# Images to process (a folder in the Fruits-360 layout, or unlabelled uploads) and MobileNetV2 weights
-# (`imagenet` downloads them; or a path / s3:// URI of the Keras .h5 file).
+# Images to process (a folder in the Fruits-360 layout, or unlabelled uploads; default: data/fruits-360-mini) and
+# MobileNetV2 weights (`imagenet` downloads them; or a path / s3:// URI of the Keras .h5 file).
 DATA ?=
 WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) imagenet)
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test run bench constraints clean-local
+.PHONY: venv test lint format run bench constraints clean-local
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -21,8 +21,17 @@ $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
 	$(PY) -m pip check
 	touch $@
 
-test: venv
+test: venv lint
 	$(PY) -m pytest tests
+
+# ruff: lint (with import order) and format check, as CI runs them.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 constraints: venv
 	$(PY) -m pip freeze --exclude-editable > constraints.txt
@@ -35,17 +44,17 @@ bench: venv
 	$(PY) bench/bench_embed.py --data "$(or $(DATA),$(SHARED)/data/fruits-360-sample)" --weights "$(WEIGHTS)"
 
 # The whole pipeline on this machine: fruits_pipeline in local mode through `airflow dags test` (SQLite Airflow home,
-# nothing to start), over DATA (default: a small synthetic sample), with mode=full. Everything lands in RUN_DIR.
+# nothing to start), over DATA (default: the real Fruits-360 subset in data/), with mode=full. Everything lands in
+# RUN_DIR; Airflow's full log goes to RUN_DIR/run-DATE.log, the terminal gets a line per task and a summary.
 RUN_ENV = AIRFLOW_HOME=$(RUN_DIR)/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
 	AIRFLOW_VAR_FRUITS_BACKEND=local AIRFLOW_VAR_FRUITS_LOCAL_ROOT=$(RUN_DIR)/data \
 	AIRFLOW_VAR_FRUITS_WEIGHTS="$(WEIGHTS)" AIRFLOW_VAR_FRUITS_POKE_INTERVAL=5 AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT=120
 run: venv
 	@mkdir -p $(RUN_DIR)
-	$(RUN_ENV) $(VENV)/bin/airflow db migrate > $(RUN_DIR)/airflow-db-migrate.log 2>&1
-	@set -o pipefail; \
-	input=$$(PYTHONPATH=plugins $(PY) -m fruits_airflow.local_run prepare --root $(RUN_DIR)/data $(if $(DATA),--data "$(DATA)")) && \
-	echo "Running fruits_pipeline for $(DATE) on $$input (weights: $(WEIGHTS)); log: $(RUN_DIR)/run-$(DATE).log" && \
-	$(RUN_ENV) $(VENV)/bin/airflow dags test fruits_pipeline $(DATE) \
-		--conf "{\"mode\": \"full\", \"input_uri\": \"$$input\"}" 2>&1 | tee $(RUN_DIR)/run-$(DATE).log
-	@PYTHONPATH=plugins $(PY) -m fruits_airflow.local_run summary --root $(RUN_DIR)/data --date $(DATE)
+	@$(RUN_ENV) $(VENV)/bin/airflow db migrate > $(RUN_DIR)/airflow-db-migrate.log 2>&1 \
+		|| { echo "airflow db migrate failed: see $(RUN_DIR)/airflow-db-migrate.log"; exit 1; }
+	@input=$$($(PY) tools/local_run.py prepare --root $(RUN_DIR)/data $(if $(DATA),--data "$(DATA)")) && \
+	$(RUN_ENV) $(PY) tools/local_run.py run --date $(DATE) --log $(RUN_DIR)/run-$(DATE).log \
+		--conf "{\"mode\": \"full\", \"input_uri\": \"$$input\"}"
+	@$(PY) tools/local_run.py summary --root $(RUN_DIR)/data --date $(DATE)

@@ -9,6 +9,7 @@ One run, the same real images, the same machine:
   4. the whole pipeline (clean, embed, PCA) wall time.
 Prints a table and writes ``bench/results/latest.json``. Usage: ``make bench [DATA=...] [WEIGHTS=...]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ class PeakRss:
             self.workers_peak_mb = max(self.workers_peak_mb, workers / 2**20)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -97,10 +98,14 @@ def spark_session():
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYTHONPATH"] = str(REPO / "spark_jobs")
-    session = (SparkSession.builder.master("local[*]").appName("fruits-bench")
-               .config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", str(os.cpu_count()))
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[*]")
+        .appName("fruits-bench")
+        .config("spark.driver.memory", "4g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(os.cpu_count()))
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -110,8 +115,7 @@ def classic_udf_images_per_s(spark, clean_dir: str, weights: str, batch_size: in
     import keras
     from pyspark.sql.functions import col, pandas_udf
 
-    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg",
-                                           weights=weights)
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=weights)
     broadcast_weights = spark.sparkContext.broadcast(model.get_weights())
 
     @pandas_udf("array<float>")
@@ -121,8 +125,7 @@ def classic_udf_images_per_s(spark, clean_dir: str, weights: str, batch_size: in
 
         from fruits_common.images import model_input
 
-        rebuilt = k.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg",
-                                             weights=None)
+        rebuilt = k.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
         rebuilt.set_weights(broadcast_weights.value)
         batch = np.stack([model_input(c) for c in content]).astype(np.float32)
         return pd.Series(list(rebuilt.predict(preprocess_input(batch), verbose=0)))
@@ -142,8 +145,7 @@ def keras_images_per_s(files: list[Path], weights: str, batch_size: int) -> floa
 
     from fruits_common.images import model_input
 
-    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg",
-                                           weights=weights)
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=weights)
     pixels = np.stack([model_input(f.read_bytes()) for f in files]).astype(np.float32)
     model.predict(preprocess_input(pixels[:batch_size]), batch_size=batch_size, verbose=0)  # warm
     start = time.perf_counter()
@@ -156,18 +158,20 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder of images (Fruits-360 layout)")
     parser.add_argument("--weights", required=True, help="MobileNetV2 no-top .h5 weights")
     parser.add_argument("--sizes", default="1000,2000,4000", help="embed input sizes, comma-separated")
-    parser.add_argument("--reference-images", type=int, default=1000,
-                        help="images for the Keras and classic UDF references")
+    parser.add_argument(
+        "--reference-images", type=int, default=1000, help="images for the Keras and classic UDF references"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--engine", default="onnx")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
+    from pyspark.sql import functions as F
+
     import clean
     import embed
     import pca
-    from pyspark.sql import functions as F
 
     work = Path(tempfile.mkdtemp(prefix="fruits-bench-"))
     try:
@@ -178,37 +182,56 @@ def main() -> None:
         # 4. The whole pipeline, as a nightly run would do it (cold Python workers included).
         start = time.perf_counter()
         clean.run(spark, str(work / "images"), str(work / "clean"), str(work / "rejected"), RUN_DATE)
-        embed.run(spark, str(work / "clean"), str(work / "embed_all"), args.weights, args.batch_size,
-                  args.engine)
+        embed.run(spark, str(work / "clean"), str(work / "embed_all"), args.weights, args.batch_size, args.engine)
         pca.run(spark, str(work / "embed_all"), str(work / "pca"), str(work / "model"), variance=0.95)
         pipeline_seconds = time.perf_counter() - start
 
         # Fixed subsets of the clean dataset, one per size (untimed).
         clean_df = spark.read.parquet(str(work / "clean")).orderBy(F.xxhash64("image_id"))
         for size in [*sizes, args.reference_images]:
-            clean_df.limit(size).write.mode("overwrite").partitionBy("ingest_date").parquet(
-                str(work / f"clean_{size}"))
+            clean_df.limit(size).write.mode("overwrite").partitionBy("ingest_date").parquet(str(work / f"clean_{size}"))
         # Warm-up: every Python worker loads its model before timing.
-        embed.run(spark, str(work / f"clean_{args.reference_images}"), str(work / "warm"), args.weights,
-                  args.batch_size, args.engine)
+        embed.run(
+            spark,
+            str(work / f"clean_{args.reference_images}"),
+            str(work / "warm"),
+            args.weights,
+            args.batch_size,
+            args.engine,
+        )
 
         # 1. The embed job at each size.
         per_size = []
         for size in sizes:
             with PeakRss() as rss:
                 start = time.perf_counter()
-                embed.run(spark, str(work / f"clean_{size}"), str(work / f"embed_{size}"), args.weights,
-                          args.batch_size, args.engine)
+                embed.run(
+                    spark,
+                    str(work / f"clean_{size}"),
+                    str(work / f"embed_{size}"),
+                    args.weights,
+                    args.batch_size,
+                    args.engine,
+                )
                 seconds = time.perf_counter() - start
-            per_size.append({"images": size, "seconds": round(seconds, 2),
-                             "images_per_s": round(size / seconds, 1), "peak_rss_mb": round(rss.peak_mb),
-                             "workers_peak_rss_mb": round(rss.workers_peak_mb)})
+            per_size.append(
+                {
+                    "images": size,
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(size / seconds, 1),
+                    "peak_rss_mb": round(rss.peak_mb),
+                    "workers_peak_rss_mb": round(rss.workers_peak_mb),
+                }
+            )
 
         # 3. The classic UDF, then 2. Keras in one process, on the same reference images.
-        classic, _ = classic_udf_images_per_s(spark, str(work / f"clean_{args.reference_images}"),
-                                              args.weights, args.batch_size)
-        reference_paths = [Path(r["path"].removeprefix("file:")) for r in spark.read.parquet(
-            str(work / f"clean_{args.reference_images}")).select("path").collect()]
+        classic, _ = classic_udf_images_per_s(
+            spark, str(work / f"clean_{args.reference_images}"), args.weights, args.batch_size
+        )
+        reference_paths = [
+            Path(r["path"].removeprefix("file:"))
+            for r in spark.read.parquet(str(work / f"clean_{args.reference_images}")).select("path").collect()
+        ]
         spark.stop()
         keras_rate = keras_images_per_s(reference_paths, args.weights, args.batch_size)
     finally:
@@ -220,7 +243,7 @@ def main() -> None:
     import tensorflow as tf
 
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "images": largest["images"],
         "embed_images_per_s": largest["images_per_s"],
         "keras_images_per_s": round(keras_rate, 1),
@@ -233,12 +256,24 @@ def main() -> None:
         "workers_peak_rss_mb": max(s["workers_peak_rss_mb"] for s in per_size),
         "by_size": per_size,
         "reference_images": args.reference_images,
-        "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
-                    "cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "versions": {"pyspark": pyspark.__version__, "tensorflow": tf.__version__,
-                     "onnxruntime": onnxruntime.__version__},
-        "settings": {"engine": args.engine, "batch_size": args.batch_size, "master": "local[*]",
-                     "threads_per_task": 1, "data": args.data},
+        "machine": {
+            "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            "pyspark": pyspark.__version__,
+            "tensorflow": tf.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "settings": {
+            "engine": args.engine,
+            "batch_size": args.batch_size,
+            "master": "local[*]",
+            "threads_per_task": 1,
+            "data": args.data,
+        },
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
@@ -246,11 +281,15 @@ def main() -> None:
     print(f"\nEmbedding benchmark, {os.cpu_count()} cores, engine={args.engine}, batch={args.batch_size}")
     print(f"{'what':<46}{'images':>8}{'images/s':>10}{'peak RSS MB (all / workers)':>30}")
     for s in per_size:
-        print(f"{'embed job, Spark local[*] (warm)':<46}{s['images']:>8}{s['images_per_s']:>10}"
-              f"{s['peak_rss_mb']:>20} / {s['workers_peak_rss_mb']}")
+        print(
+            f"{'embed job, Spark local[*] (warm)':<46}{s['images']:>8}{s['images_per_s']:>10}"
+            f"{s['peak_rss_mb']:>20} / {s['workers_peak_rss_mb']}"
+        )
     print(f"{'Keras model.predict, one process':<46}{len(reference_paths):>8}{result['keras_images_per_s']:>10}")
-    print(f"{'classic pandas UDF, model rebuilt per batch':<46}{args.reference_images:>8}"
-          f"{result['classic_images_per_s']:>10}")
+    print(
+        f"{'classic pandas UDF, model rebuilt per batch':<46}{args.reference_images:>8}"
+        f"{result['classic_images_per_s']:>10}"
+    )
     print(f"{'whole pipeline (clean+embed+PCA), seconds':<46}{len(files):>8}{result['pipeline_seconds']:>10}")
     print(f"ratio embed/keras = {result['ratio_vs_keras']}  (target >= 2.0)")
     print(f"ratio embed/classic = {result['ratio_vs_classic']}  (target >= 3.0)")

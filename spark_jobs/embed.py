@@ -8,6 +8,7 @@ them to ``<output>`` partitioned by ``ingest_date``. WEIGHTS is ``imagenet`` (Ke
 path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h5``). The ``onnx`` engine
 (default) runs the same model exported to ONNX once (cached next to the weights); ``keras`` is the reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -38,12 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="root of the clean dataset (Parquet)")
     parser.add_argument("--output", required=True, help="root of the features dataset (Parquet)")
-    parser.add_argument("--weights", required=True,
-                        help="'imagenet', or a path or s3:// URI of the MobileNetV2 no-top .h5 weights")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--engine", choices=embedding.ENGINES, default="onnx",
-                        help="inference engine (default onnx; keras is the reference)")
+    parser.add_argument(
+        "--weights", required=True, help="'imagenet', or a path or s3:// URI of the MobileNetV2 no-top .h5 weights"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=embedding.ENGINES,
+        default="onnx",
+        help="inference engine (default onnx; keras is the reference)",
+    )
     return parser
 
 
@@ -107,17 +117,27 @@ def _embed_batches(model_name: str, engine: str, threads: int):
         for batch in batches:
             pixels = np.stack([images.model_input(c) for c in batch["content"]])
             features = model(pixels)
-            yield pd.DataFrame({
-                "image_id": batch["image_id"], "path": batch["path"], "label": batch["label"],
-                "features": list(features),
-                schemas.PARTITION_COLUMN: batch[schemas.PARTITION_COLUMN],
-            })
+            yield pd.DataFrame(
+                {
+                    "image_id": batch["image_id"],
+                    "path": batch["path"],
+                    "label": batch["label"],
+                    "features": list(features),
+                    schemas.PARTITION_COLUMN: batch[schemas.PARTITION_COLUMN],
+                }
+            )
 
     return embed
 
 
-def run(spark: SparkSession, input: str, output: str, weights: str,
-        batch_size: int = DEFAULT_BATCH_SIZE, engine: str = "onnx") -> dict:
+def run(
+    spark: SparkSession,
+    input: str,
+    output: str,
+    weights: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    engine: str = "onnx",
+) -> dict:
     """Embed the clean images under ``input`` that ``output`` does not hold yet."""
     if not storage.exists(spark, input):
         raise JobError(f"input (clean dataset) does not exist: {input}")
@@ -139,9 +159,14 @@ def run(spark: SparkSession, input: str, output: str, weights: str,
     with tempfile.TemporaryDirectory(prefix="fruits-embed-") as scratch:
         model_name = _ship_model(spark, weights, engine, Path(scratch))
         embedded = new.repartition(partitions, "image_id").mapInPandas(
-            _embed_batches(model_name, engine, threads), schema=schemas.EMBED)
-        (embedded.write.mode("append").option("compression", "zstd")
-         .partitionBy(schemas.PARTITION_COLUMN).parquet(output))
+            _embed_batches(model_name, engine, threads), schema=schemas.EMBED
+        )
+        (
+            embedded.write.mode("append")
+            .option("compression", "zstd")
+            .partitionBy(schemas.PARTITION_COLUMN)
+            .parquet(output)
+        )
     summary = {"embedded": todo, "partitions": partitions, "batch_size": batch_size, "engine": engine}
     log.info("embed: %s", summary)
     return summary

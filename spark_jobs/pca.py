@@ -8,6 +8,7 @@ with ``--reuse-model`` projects with the model saved at ``--model``. ``--varianc
 k whose cumulative explained variance reaches 95%. Writes ``image_id, path, label, pca`` (Parquet,
 partitioned by ingest_date) to ``<output>``, replacing it, and ``<output>/_summary.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="where the Spark ML PCA model is saved / read")
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=positive_int, help="number of components")
-    size.add_argument("--variance", type=fraction,
-                      help="smallest k whose cumulative explained variance reaches this fraction")
-    parser.add_argument("--reuse-model", action="store_true",
-                        help="project with the saved model instead of fitting a new one")
+    size.add_argument(
+        "--variance", type=fraction, help="smallest k whose cumulative explained variance reaches this fraction"
+    )
+    parser.add_argument(
+        "--reuse-model", action="store_true", help="project with the saved model instead of fitting a new one"
+    )
     return parser
 
 
@@ -70,31 +73,44 @@ def fit(features: DataFrame, rows: int, k: int | None, variance: float | None) -
         k = choose_k(explained, variance)
     # PCAModel has no public constructor in Python; Spark's own (uid, pc, explainedVariance) one is used.
     java_model = JavaWrapper._new_java_obj(
-        "org.apache.spark.ml.feature.PCAModel", PCA().uid,
+        "org.apache.spark.ml.feature.PCAModel",
+        PCA().uid,
         DenseMatrix(axes.shape[0], k, axes[:, :k].ravel(order="F").tolist()),
-        DenseVector(explained[:k].tolist()))
+        DenseVector(explained[:k].tolist()),
+    )
     model = PCAModel(java_model)
     return model._set(k=k)
 
 
-def run(spark: SparkSession, input: str, output: str, model: str, k: int | None = None,
-        variance: float | None = None, reuse_model: bool = False) -> dict:
+def run(
+    spark: SparkSession,
+    input: str,
+    output: str,
+    model: str,
+    k: int | None = None,
+    variance: float | None = None,
+    reuse_model: bool = False,
+) -> dict:
     """Fit (or load) the PCA model and project every embedding with it."""
     if (k is None) == (variance is None):
         raise JobError("give exactly one of --k and --variance")
     if not storage.has_parquet(spark, input):
         raise JobError(f"input (features dataset) has no data: {input}")
-    features = (spark.read.schema(schemas.EMBED).parquet(input)
-                .persist(StorageLevel.MEMORY_AND_DISK))  # read by the checks, the fit and the projection
+    features = (
+        spark.read.schema(schemas.EMBED).parquet(input).persist(StorageLevel.MEMORY_AND_DISK)
+    )  # read by the checks, the fit and the projection
     rows = features.count()
     if rows == 0:
         raise JobError(f"input (features dataset) has no rows: {input}")
     malformed = features.filter(
-        F.col("features").isNull() | (F.size("features") != embedding.FEATURE_SIZE)
-        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))).count()
+        F.col("features").isNull()
+        | (F.size("features") != embedding.FEATURE_SIZE)
+        | F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+    ).count()
     if malformed:
-        raise JobError(f"input (features dataset) has {malformed} rows without {embedding.FEATURE_SIZE} "
-                       f"finite features: {input}")
+        raise JobError(
+            f"input (features dataset) has {malformed} rows without {embedding.FEATURE_SIZE} finite features: {input}"
+        )
 
     if reuse_model:
         if not storage.exists(spark, model):
@@ -102,8 +118,7 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
         fitted = PCAModel.load(model)
         log.info("reusing the saved model (k=%d): --k/--variance are ignored", fitted.pc.numCols)
         if fitted.pc.numRows != embedding.FEATURE_SIZE:
-            raise JobError(f"saved model expects {fitted.pc.numRows} features, data has "
-                           f"{embedding.FEATURE_SIZE}")
+            raise JobError(f"saved model expects {fitted.pc.numRows} features, data has {embedding.FEATURE_SIZE}")
         mode = "reused"
     else:
         if k is not None and k > embedding.FEATURE_SIZE:
@@ -114,10 +129,18 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
 
     fitted = fitted.setInputCol("vector").setOutputCol("projected")
     projected = fitted.transform(features.withColumn("vector", array_to_vector("features"))).select(
-        "image_id", "path", "label",
-        vector_to_array("projected", dtype="float32").alias("pca"), schemas.PARTITION_COLUMN)
-    (projected.write.mode("overwrite").option("compression", "zstd")
-     .partitionBy(schemas.PARTITION_COLUMN).parquet(output))
+        "image_id",
+        "path",
+        "label",
+        vector_to_array("projected", dtype="float32").alias("pca"),
+        schemas.PARTITION_COLUMN,
+    )
+    (
+        projected.write.mode("overwrite")
+        .option("compression", "zstd")
+        .partitionBy(schemas.PARTITION_COLUMN)
+        .parquet(output)
+    )
     features.unpersist()
 
     ratios = [float(v) for v in fitted.explainedVariance.toArray()]
@@ -131,8 +154,13 @@ def run(spark: SparkSession, input: str, output: str, model: str, k: int | None 
         "cumulative_explained_variance": [float(v) for v in np.cumsum(ratios)],
     }
     storage.write_text(spark, storage.join(output, schemas.PCA_SUMMARY_FILE), json.dumps(summary, indent=2))
-    log.info("pca: %d rows, k=%d (%s), cumulative variance %.4f", rows, summary["k"], mode,
-             summary["cumulative_explained_variance"][-1])
+    log.info(
+        "pca: %d rows, k=%d (%s), cumulative variance %.4f",
+        rows,
+        summary["k"],
+        mode,
+        summary["cumulative_explained_variance"][-1],
+    )
     return summary
 
 

@@ -8,6 +8,7 @@ explained variance) and three PNG plots: ``explained_variance.png`` (cumulative 
 k), ``pca_scatter.png`` (first two components coloured by label) and ``images_per_label.png``.
 Writes ``<output>/_SUCCESS`` last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _count_by(df, column: str) -> dict[str, int]:
     rows = df.groupBy(column).count().collect()
-    return dict(sorted(((r[column] if r[column] is not None else UNLABELLED), int(r["count"]))
-                       for r in rows))
+    return dict(sorted(((r[column] if r[column] is not None else UNLABELLED), int(r["count"])) for r in rows))
 
 
 def _partition(spark: SparkSession, root: str, schema, day: dt.date):
@@ -80,8 +80,12 @@ def plot_variance(cumulative: list[float], target: float | None) -> bytes:
     ax.axvline(k, color="tab:red", linestyle="--", label=f"k = {k}")
     if target:
         ax.axhline(target, color="tab:gray", linestyle=":", label=f"target {target:.0%}")
-    ax.set(xlabel="number of components", ylabel="cumulative explained variance",
-           title="PCA explained variance", ylim=(0, 1.02))
+    ax.set(
+        xlabel="number of components",
+        ylabel="cumulative explained variance",
+        title="PCA explained variance",
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="lower right")
     return _png(plt, fig)
 
@@ -108,8 +112,7 @@ def plot_counts(counts: dict[str, int]) -> bytes:
     return _png(plt, fig)
 
 
-def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str,
-        run_date: dt.date) -> dict:
+def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str, run_date: dt.date) -> dict:
     """Compute the run's report from the datasets and write it with its plots under ``output``."""
     kept = _partition(spark, clean, schemas.CLEAN, run_date)
     rejects = _partition(spark, rejected, schemas.REJECTED, run_date)
@@ -138,20 +141,35 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str,
         "plots": list(PLOTS),
     }
     # A deterministic sample (by id hash) so that re-running a report draws the same picture.
-    points = [(r["label"] or UNLABELLED, float(r["x"]), float(r["y"])) for r in (
-        final.orderBy(F.xxhash64("image_id")).limit(SCATTER_POINTS)
-        .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y")).collect())]
+    points = [
+        (r["label"] or UNLABELLED, float(r["x"]), float(r["y"]))
+        for r in (
+            final.orderBy(F.xxhash64("image_id"))
+            .limit(SCATTER_POINTS)
+            .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y"))
+            .collect()
+        )
+    ]
     if summary["k"] < 2:
         points = [(label, x, 0.0) for label, x, _ in points]
 
-    storage.write_bytes(spark, storage.join(output, PLOTS[0]),
-                        plot_variance(summary["cumulative_explained_variance"], summary["variance_target"]))
+    storage.write_bytes(
+        spark,
+        storage.join(output, PLOTS[0]),
+        plot_variance(summary["cumulative_explained_variance"], summary["variance_target"]),
+    )
     storage.write_bytes(spark, storage.join(output, PLOTS[1]), plot_scatter(points))
     storage.write_bytes(spark, storage.join(output, PLOTS[2]), plot_counts(rows_per_label))
     storage.write_text(spark, storage.join(output, "report.json"), json.dumps(report, indent=2))
     storage.write_bytes(spark, storage.join(output, "_SUCCESS"), b"")
-    log.info("report written to %s: %d read, %d kept, %d rejected, k=%d", storage.join(output, "report.json"),
-             report["images_read"], report["kept"], report["rejected"], report["k"])
+    log.info(
+        "report written to %s: %d read, %d kept, %d rejected, k=%d",
+        storage.join(output, "report.json"),
+        report["images_read"],
+        report["kept"],
+        report["rejected"],
+        report["k"],
+    )
     return {key: report[key] for key in ("images_read", "kept", "rejected", "k")}
 
 

@@ -1,4 +1,5 @@
 """Real-world bad inputs, made from real sample images, for the clean job's tests (and the DAG's)."""
+
 from __future__ import annotations
 
 import io

@@ -1,24 +1,17 @@
 """Shared test fixtures: where the real sample images and MobileNetV2 weights live on this machine."""
+
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO_ROOT.parent / "shared"))
-SAMPLE_DIR = Path(os.environ.get("FRUITS_SAMPLE_DIR", SHARED / "data" / "fruits-360-sample"))
-WEIGHTS_FILE = Path(
-    os.environ.get(
-        "FRUITS_TEST_WEIGHTS",
-        SHARED / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-    )
-)
+from repo import REPO_ROOT, SAMPLE_DIR, WEIGHTS_FILE
 
-# The jobs and the DAG helpers are imported by tests the way spark-submit and Airflow import them.
-for _path in (REPO_ROOT / "spark_jobs", REPO_ROOT / "plugins", REPO_ROOT / "dags"):
+# The jobs, the DAG's package and the make-run tools are imported by tests the way spark-submit, Airflow (which
+# puts the DAG bundle's folder on sys.path) and `make run` import them.
+for _path in (REPO_ROOT / "spark_jobs", REPO_ROOT / "dags", REPO_ROOT / "tools"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

@@ -1,4 +1,5 @@
 """Picking and copying images of the real Fruits-360 sample (which is read-only) for a test."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,13 @@ def sample_files(sample_dir: Path, split: str, per_label: int | None = None, ski
     return picked
 
 
-def copy_images(source: Path, target: Path, per_label: int | None = None,
-                splits: tuple[str, ...] = ("Training", "Test"), skip: int = 0) -> list[Path]:
+def copy_images(
+    source: Path,
+    target: Path,
+    per_label: int | None = None,
+    splits: tuple[str, ...] = ("Training", "Test"),
+    skip: int = 0,
+) -> list[Path]:
     """Copy ``per_label`` images (after the first ``skip``) of each label of each split, keeping the layout."""
     copied = []
     for split in splits:

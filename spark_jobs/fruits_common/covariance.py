@@ -6,11 +6,12 @@ driver. The eigendecomposition then runs in NumPy (LAPACK ``syevd``). Spark ML's
 it: on this stack (Spark 3.5, Java 17, netlib's pure-Java LAPACK) its driver-side SVD returned different spectra
 for the same covariance from one call to the next, so the chosen k and the basis were not reproducible.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,13 +29,13 @@ class Moments:
     scatter: np.ndarray
 
     @staticmethod
-    def of(rows: np.ndarray) -> "Moments":
+    def of(rows: np.ndarray) -> Moments:
         """The moments of the rows of a 2-D array."""
         mean = rows.mean(axis=0)
         centred = rows - mean
         return Moments(len(rows), mean, centred.T @ centred)
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """The moments of both sets together (numerically stable: no ``E[xx] - E[x]^2``)."""
         count = self.count + other.count
         delta = other.mean - self.mean
@@ -52,7 +53,7 @@ class Moments:
         return buffer.getvalue()
 
     @staticmethod
-    def from_bytes(data: bytes) -> "Moments":
+    def from_bytes(data: bytes) -> Moments:
         with np.load(io.BytesIO(data)) as arrays:
             return Moments(int(arrays["count"]), arrays["mean"], arrays["scatter"])
 
@@ -87,10 +88,12 @@ def _partition_moments(batches: Iterator[pa.RecordBatch], column: str, size: int
 def column_moments(frame: DataFrame, column: str, size: int) -> Moments | None:
     """Moments of the fixed-size ``array<float|double>`` column ``column`` (None when there are no rows)."""
     partials = frame.select(column).mapInArrow(
-        lambda batches: _partition_moments(batches, column, size), "moments binary")
+        lambda batches: _partition_moments(batches, column, size), "moments binary"
+    )
     # One pass over the data; None is the zero value, so a frame without rows gives None.
     return partials.rdd.map(lambda row: Moments.from_bytes(row.moments)).treeAggregate(
-        None, _merge_optional, _merge_optional)
+        None, _merge_optional, _merge_optional
+    )
 
 
 def _merge_optional(left: Moments | None, right: Moments | None) -> Moments | None:

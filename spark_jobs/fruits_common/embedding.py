@@ -6,13 +6,14 @@ Two engines compute the same features (max abs difference ~1e-5):
 - ``keras``: the reference, Keras/TensorFlow through a traced ``tf.function``.
 TensorFlow and ONNX Runtime are imported lazily so that the driver and the other jobs never pay for them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -72,7 +73,8 @@ def keras_feature_function(weights_file: str, threads: int = 0):
     from keras.applications.mobilenet_v2 import preprocess_input
 
     model = keras.applications.MobileNetV2(
-        input_shape=INPUT_SHAPE, include_top=False, pooling="avg", weights=weights_file)
+        input_shape=INPUT_SHAPE, include_top=False, pooling="avg", weights=weights_file
+    )
 
     # A traced graph runs ~1.5x faster than eager calls and needs far less memory than predict().
     @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="pixels")])
@@ -87,8 +89,7 @@ def export_onnx(weights_file: str, onnx_file: Path) -> Path:
     import tf2onnx
 
     function = keras_feature_function(weights_file)
-    proto, _ = tf2onnx.convert.from_function(
-        function, input_signature=function.input_signature, opset=ONNX_OPSET)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
     onnx_file.parent.mkdir(parents=True, exist_ok=True)
     partial = onnx_file.with_name(f".{onnx_file.name}.{os.getpid()}.partial")
     partial.write_bytes(proto.SerializeToString())

@@ -2,6 +2,7 @@
 
 Pure Python (Pillow + NumPy), no Spark: it runs inside the jobs' pandas UDFs and is unit-testable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,15 @@ TOO_SMALL = "too_small"
 NEAR_UNIFORM = "near_uniform"
 DUPLICATE = "duplicate"
 REJECTION_REASONS = (
-    EMPTY_FILE, TOO_LARGE, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, DECOMPRESSION_BOMB,
-    CORRUPT, TOO_SMALL, NEAR_UNIFORM, DUPLICATE,
+    EMPTY_FILE,
+    TOO_LARGE,
+    NOT_AN_IMAGE,
+    UNSUPPORTED_FORMAT,
+    DECOMPRESSION_BOMB,
+    CORRUPT,
+    TOO_SMALL,
+    NEAR_UNIFORM,
+    DUPLICATE,
 )
 
 # Pillow's own bomb check would warn or raise before ours; we check the header size ourselves.
@@ -100,22 +108,23 @@ def check_image(content: bytes | None) -> ImageCheck:
     if fmt not in ACCEPTED_FORMATS:
         return ImageCheck(format=fmt, reason=UNSUPPORTED_FORMAT, detail=f"{fmt} is not JPEG or PNG")
     if width * height > MAX_PIXELS:
-        return ImageCheck(width, height, fmt, DECOMPRESSION_BOMB,
-                          f"{width}x{height} px is over the {MAX_PIXELS:,} pixel limit")
+        return ImageCheck(
+            width, height, fmt, DECOMPRESSION_BOMB, f"{width}x{height} px is over the {MAX_PIXELS:,} pixel limit"
+        )
     try:
         rgb = decode_rgb(content)
     except Exception as exc:  # truncated data, broken streams, bad CRCs
         return ImageCheck(width, height, fmt, CORRUPT, f"{type(exc).__name__}: {exc}"[:500])
     width, height = rgb.size
     if min(width, height) < MIN_SIDE_PX:
-        return ImageCheck(width, height, fmt, TOO_SMALL,
-                          f"{width}x{height} px: a side is under {MIN_SIDE_PX} px")
+        return ImageCheck(width, height, fmt, TOO_SMALL, f"{width}x{height} px: a side is under {MIN_SIDE_PX} px")
     thumbnail = rgb.convert("L")
     thumbnail.thumbnail((128, 128))
     stddev = float(np.asarray(thumbnail, dtype=np.float32).std())
     if stddev < MIN_STDDEV:
-        return ImageCheck(width, height, fmt, NEAR_UNIFORM,
-                          f"grey-level standard deviation {stddev:.2f} < {MIN_STDDEV}")
+        return ImageCheck(
+            width, height, fmt, NEAR_UNIFORM, f"grey-level standard deviation {stddev:.2f} < {MIN_STDDEV}"
+        )
     return ImageCheck(width, height, fmt)
 
 
@@ -133,5 +142,5 @@ def label_from_path(path: str, input_root: str) -> str | None:
     root = input_root.rstrip("/") + "/"
     if not path.startswith(root):
         return None
-    parts = path[len(root):].split("/")
+    parts = path[len(root) :].split("/")
     return parts[-2] if len(parts) >= 3 else None

@@ -1,6 +1,15 @@
 """Schemas of the intermediate datasets: the contract between the jobs (and with the product team)."""
+
 from pyspark.sql.types import (
-    ArrayType, BinaryType, DateType, FloatType, IntegerType, LongType, StringType, StructField, StructType,
+    ArrayType,
+    BinaryType,
+    DateType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
 )
 
 PARTITION_COLUMN = "ingest_date"
@@ -8,46 +17,54 @@ PARTITION_COLUMN = "ingest_date"
 PCA_SUMMARY_FILE = "_summary.json"
 
 # stages/clean/ingest_date=YYYY-MM-DD/: valid, de-duplicated images with their original bytes.
-CLEAN = StructType([
-    StructField("image_id", StringType(), False),
-    StructField("path", StringType(), False),
-    StructField("label", StringType(), True),
-    StructField("width", IntegerType(), False),
-    StructField("height", IntegerType(), False),
-    StructField("format", StringType(), False),
-    StructField("size_bytes", LongType(), False),
-    StructField("content", BinaryType(), False),
-    StructField(PARTITION_COLUMN, DateType(), False),
-])
+CLEAN = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("width", IntegerType(), False),
+        StructField("height", IntegerType(), False),
+        StructField("format", StringType(), False),
+        StructField("size_bytes", LongType(), False),
+        StructField("content", BinaryType(), False),
+        StructField(PARTITION_COLUMN, DateType(), False),
+    ]
+)
 
 # stages/rejected/ingest_date=YYYY-MM-DD/: every input file that was not kept, and why.
-REJECTED = StructType([
-    StructField("image_id", StringType(), True),
-    StructField("path", StringType(), False),
-    StructField("label", StringType(), True),
-    StructField("size_bytes", LongType(), False),
-    StructField("reason", StringType(), False),
-    StructField("detail", StringType(), True),
-    StructField(PARTITION_COLUMN, DateType(), False),
-])
+REJECTED = StructType(
+    [
+        StructField("image_id", StringType(), True),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("size_bytes", LongType(), False),
+        StructField("reason", StringType(), False),
+        StructField("detail", StringType(), True),
+        StructField(PARTITION_COLUMN, DateType(), False),
+    ]
+)
 
 # stages/embed/: MobileNetV2 features, 1,280 float32 per image.
-EMBED = StructType([
-    StructField("image_id", StringType(), False),
-    StructField("path", StringType(), False),
-    StructField("label", StringType(), True),
-    StructField("features", ArrayType(FloatType(), False), False),
-    StructField(PARTITION_COLUMN, DateType(), False),
-])
+EMBED = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("features", ArrayType(FloatType(), False), False),
+        StructField(PARTITION_COLUMN, DateType(), False),
+    ]
+)
 
 # stages/pca/: the product's output, the PCA projection of the features.
-PCA = StructType([
-    StructField("image_id", StringType(), False),
-    StructField("path", StringType(), False),
-    StructField("label", StringType(), True),
-    StructField("pca", ArrayType(FloatType(), False), False),
-    StructField(PARTITION_COLUMN, DateType(), False),
-])
+PCA = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("pca", ArrayType(FloatType(), False), False),
+        StructField(PARTITION_COLUMN, DateType(), False),
+    ]
+)
 
 
 def without_partition(schema: StructType) -> StructType:

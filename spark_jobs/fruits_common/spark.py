@@ -1,17 +1,25 @@
 """Spark session and command-line plumbing shared by the jobs."""
+
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
+import json
 import logging
+import shutil
 import sys
-from typing import Callable, Sequence
+import tempfile
+import zipimport
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from fruits_common.errors import JobError
 
 log = logging.getLogger("fruits")
+SHARED_PACKAGE = "fruits_common"
 
 
 def get_spark(app_name: str) -> SparkSession:
@@ -19,7 +27,31 @@ def get_spark(app_name: str) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     if not SparkSession.getActiveSession():
         builder = builder.config("spark.sql.session.timeZone", "UTC")
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    ship_shared_package(spark)
+    return spark
+
+
+def ship_shared_package(spark: SparkSession) -> str | None:
+    """Send this package to the executors when spark-submit did not (``--py-files``); returns the zip it sent.
+
+    On EMR (and in the DAG) ``--py-files fruits_common.zip`` ships it, and the driver imports it from that zip. A bare
+    ``spark-submit spark_jobs/clean.py ...`` finds it on the driver only (the script's folder is on ``sys.path``),
+    so the job zips the package it imported and adds it, as ``--py-files`` would have.
+    """
+    import fruits_common
+
+    py_files = spark.sparkContext.getConf().get("spark.submit.pyFiles", "") or ""
+    shipped = any(Path(f).name == f"{SHARED_PACKAGE}.zip" for f in py_files.split(",") if f)
+    if shipped or isinstance(getattr(fruits_common, "__loader__", None), zipimport.zipimporter):
+        return None  # spark-submit distributes it already
+    package = Path(fruits_common.__file__).parent
+    folder = Path(tempfile.mkdtemp(prefix="fruits-common-"))
+    archive = shutil.make_archive(str(folder / package.name), "zip", root_dir=package.parent, base_dir=package.name)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    spark.sparkContext.addPyFile(archive)
+    log.info("shipped %s to the executors as %s", package, archive)
+    return archive
 
 
 def run_date(value: str) -> dt.date:
@@ -64,7 +96,8 @@ def main(
     spark = get_spark(app_name)
     try:
         result = job(spark, **vars(args))
-        log.info("%s finished: %s", app_name, result)
+        # One JSON line: `make run` (tools/local_run.py) reads the job's key figures from it.
+        log.info("%s finished: %s", app_name, json.dumps(result, default=str))
         return 0
     except JobError as exc:
         print(f"{app_name}: error: {exc}", file=sys.stderr)

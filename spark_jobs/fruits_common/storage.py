@@ -3,9 +3,10 @@
 The jobs use these for what DataFrames don't cover: checking that a path exists and writing small
 JSON/PNG files next to their outputs, with the same credentials and connectors as Spark itself.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -52,7 +53,7 @@ def list_files(spark: SparkSession, uri: str) -> Iterator[tuple[str, int]]:
     while files.hasNext():
         status = files.next()
         name = status.getPath().toString()
-        relative = name[len(root):] if name.startswith(root) else name
+        relative = name[len(root) :] if name.startswith(root) else name
         if any(part.startswith(("_", ".")) for part in relative.split("/")):
             continue
         yield name, int(status.getLen())

@@ -1,4 +1,5 @@
 """Fixtures for the DAG tests: the migrated Airflow database, a moto server as AWS, boto3 clients on it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -35,7 +36,12 @@ def boto(moto_endpoint: str):
     import boto3
 
     def client(service: str):
-        return boto3.client(service, endpoint_url=moto_endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=moto_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     return client

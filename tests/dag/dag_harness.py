@@ -4,6 +4,7 @@ run's task states, logs and rendered templates back, the moto connection, and th
 Importing this module points Airflow at the private home, so it must be imported before Airflow is (conftest.py
 does it first thing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,27 +16,18 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
-DAG_ID = "fruits_pipeline"
+from repo import AIRFLOW, DAG_ID, REPO_ROOT, airflow_env  # noqa: F401  (REPO_ROOT: for the DAG tests)
 
 # Airflow reads its configuration when first imported: point it at a private home before any test imports it.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fruits-dag-tests-"))
 atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
-AIRFLOW_ENV = {
-    "AIRFLOW_HOME": str(AIRFLOW_HOME),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-}
+AIRFLOW_ENV = airflow_env(AIRFLOW_HOME)
 os.environ.update(AIRFLOW_ENV)
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the moto server's access log
 
@@ -46,7 +38,6 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     env.update(AIRFLOW_ENV)
     env.update(extra)
     return env
-
 
 
 @dataclass
@@ -87,17 +78,23 @@ def dags_test(date: str, env: dict[str, str], conf: dict[str, Any] | None = None
         command += ["--conf", json.dumps(conf)]
     proc = subprocess.run(command, env=clean_env(env), capture_output=True, text=True, timeout=timeout)
     with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
-        row = db.execute("SELECT run_id FROM dag_run WHERE dag_id = ? AND logical_date LIKE ? "
-                         "ORDER BY id DESC LIMIT 1", (DAG_ID, f"{date}%")).fetchone()
+        row = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? AND logical_date LIKE ? ORDER BY id DESC LIMIT 1",
+            (DAG_ID, f"{date}%"),
+        ).fetchone()
         assert row, f"no run of {date} in the database; output:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
         run_id = row[0]
-        states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                                 (DAG_ID, run_id)))
-        rendered = {task: json.loads(fields) for task, fields in db.execute(
-            "SELECT task_id, rendered_fields FROM rendered_task_instance_fields WHERE dag_id = ? AND run_id = ?",
-            (DAG_ID, run_id))}
+        states = dict(
+            db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))
+        )
+        rendered = {
+            task: json.loads(fields)
+            for task, fields in db.execute(
+                "SELECT task_id, rendered_fields FROM rendered_task_instance_fields WHERE dag_id = ? AND run_id = ?",
+                (DAG_ID, run_id),
+            )
+        }
     return DagRunResult(proc.returncode, proc.stdout + proc.stderr, run_id, states, rendered)
-
 
 
 def reset_moto(endpoint: str) -> None:
@@ -107,12 +104,24 @@ def reset_moto(endpoint: str) -> None:
 
 def aws_connection(endpoint: str) -> str:
     """``aws_default`` as an environment variable pointing at the moto server."""
-    return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                       "extra": {"region_name": "us-east-1", "endpoint_url": endpoint}})
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"region_name": "us-east-1", "endpoint_url": endpoint},
+        }
+    )
 
 
-SPARK_SUBMIT_OPTIONS_WITH_VALUE = {"--deploy-mode", "--py-files", "--master", "--driver-memory", "--driver-java-options",
-                                   "--conf"}
+SPARK_SUBMIT_OPTIONS_WITH_VALUE = {
+    "--deploy-mode",
+    "--py-files",
+    "--master",
+    "--driver-memory",
+    "--driver-java-options",
+    "--conf",
+}
 
 
 def split_spark_submit(argv: list[str]) -> tuple[dict[str, str], str, list[str]]:
@@ -122,7 +131,7 @@ def split_spark_submit(argv: list[str]) -> tuple[dict[str, str], str, list[str]]
         assert argv[index] in SPARK_SUBMIT_OPTIONS_WITH_VALUE, f"unexpected spark-submit option {argv[index]}"
         options[argv[index]] = argv[index + 1]
         index += 2
-    return options, argv[index], argv[index + 1:]
+    return options, argv[index], argv[index + 1 :]
 
 
 def parse_with_job(script: str, args: list[str]) -> argparse.Namespace:

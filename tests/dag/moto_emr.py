@@ -16,6 +16,7 @@ so that, each time a client looks at a cluster's steps (``DescribeStep``, ``List
 It also records every ``RunJobFlow`` request as sent, for assertions on what stock moto drops.
 Nothing in the DAG knows about this: it talks to moto over HTTP as it would to AWS.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,14 +32,14 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"}
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def job_markers(args: list[str]) -> list[str]:
     """The ``_SUCCESS`` URIs a ``spark-submit ... <job>.py <args>`` step writes, per the job contract."""
     script_index = next(i for i, a in enumerate(args) if a.endswith(".py"))
     script = args[script_index].rsplit("/", 1)[-1]
-    job_args = args[script_index + 1:]
+    job_args = args[script_index + 1 :]
     options = {job_args[i]: job_args[i + 1] for i in range(len(job_args) - 1) if job_args[i].startswith("--")}
     if script == "clean.py":
         partition = f"ingest_date={options['--run-date']}"
@@ -112,7 +113,7 @@ class EmrEmulator:
                 step.end_date_time = _utcnow()
                 if step.name in self.fail_steps:
                     step.state = "FAILED"
-                    for later in cluster.steps[index + 1:]:
+                    for later in cluster.steps[index + 1 :]:
                         if later.state == "PENDING":
                             later.state = "CANCELLED"
                     break
@@ -142,8 +143,13 @@ def serve(port: int, bucket: str | None, upload_date: str | None, fail_steps: li
         server.start()
         endpoint = f"http://127.0.0.1:{port}"
         if bucket:
-            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
             s3.create_bucket(Bucket=bucket)
             if upload_date:
                 s3.put_object(Bucket=bucket, Key=f"uploads/{upload_date}/demo.jpg", Body=b"placeholder")

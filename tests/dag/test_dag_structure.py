@@ -1,4 +1,5 @@
 """The DAG as Airflow parses it: imports, schedule, retries, task order, trigger rules, sensors, params."""
+
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,21 @@ import pytest
 
 from dag_harness import REPO_ROOT
 
-EMR_ORDER = ["stage_code", "wait_for_uploads", "create_cluster", "add_steps",
-             "clean_step", "clean_success", "embed_step", "embed_success",
-             "pca_step", "pca_success", "report_step", "report_success", "terminate_cluster"]
+EMR_ORDER = [
+    "stage_code",
+    "wait_for_uploads",
+    "create_cluster",
+    "add_steps",
+    "clean_step",
+    "clean_success",
+    "embed_step",
+    "embed_success",
+    "pca_step",
+    "pca_success",
+    "report_step",
+    "report_success",
+    "terminate_cluster",
+]
 LOCAL_ORDER = [t for t in EMR_ORDER if t not in ("create_cluster", "add_steps", "terminate_cluster")]
 SENSORS = ["wait_for_uploads", "clean_success", "embed_success", "pca_success", "report_success"]
 
@@ -20,13 +33,14 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 def parse(monkeypatch, **variables: str):
     """Parse the DAG folder the way the dag-processor does, with these Variables (and no others) set."""
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
     for name in [n for n in os.environ if n.startswith("AIRFLOW_VAR_")]:
         monkeypatch.delenv(name)
     for name, value in variables.items():
         monkeypatch.setenv(f"AIRFLOW_VAR_{name.upper()}", value)
-    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    # What the dag-processor uses: it puts the bundle's folder (dags/) on sys.path, so fruits_dag imports.
+    return BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags")
 
 
 @pytest.fixture
@@ -59,15 +73,16 @@ def test_schedule_retries_tags_and_docs(emr_dag):
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
 
-    from fruits_airflow.plan import run_date
+    from fruits_dag.plan import run_date
 
     # The nightly run after 2026-05-01 starts at 02:00 UTC on the 2nd and processes uploads/2026-05-01/.
     timetable = coerce_to_core_timetable(emr_dag.timetable)
     assert timetable.summary == "0 2 * * *"
-    earliest = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
-    info = timetable.next_dagrun_info(last_automated_data_interval=None,
-                                      restriction=TimeRestriction(earliest=earliest, latest=None, catchup=True))
-    assert info.run_after == dt.datetime(2026, 5, 2, 2, 0, tzinfo=dt.timezone.utc)
+    earliest = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    info = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=earliest, latest=None, catchup=True)
+    )
+    assert info.run_after == dt.datetime(2026, 5, 2, 2, 0, tzinfo=dt.UTC)
     assert run_date(info.logical_date, info.run_after) == dt.date(2026, 5, 1)
     assert emr_dag.catchup is False and emr_dag.max_active_runs == 1
     assert {"fruits", "spark", "emr"} <= set(emr_dag.tags)
@@ -82,10 +97,10 @@ def test_schedule_retries_tags_and_docs(emr_dag):
 def test_emr_task_order_and_trigger_rules(emr_dag):
     tasks = emr_dag.task_dict
     assert set(tasks) == set(EMR_ORDER)
-    for upstream, downstream in zip(EMR_ORDER, EMR_ORDER[1:]):
+    for upstream, downstream in zip(EMR_ORDER, EMR_ORDER[1:], strict=False):
         assert tasks[downstream].upstream_task_ids >= {upstream}, (upstream, downstream)
     # Nothing skips a step: every task but the teardown has exactly its predecessor upstream.
-    for upstream, downstream in zip(EMR_ORDER[:-2], EMR_ORDER[1:-1]):
+    for upstream, downstream in zip(EMR_ORDER[:-2], EMR_ORDER[1:-1], strict=False):
         assert tasks[downstream].upstream_task_ids == {upstream}, downstream
     assert tasks["terminate_cluster"].upstream_task_ids == {"report_success", "create_cluster"}
     assert tasks["create_cluster"].is_setup and tasks["terminate_cluster"].is_teardown
@@ -96,10 +111,9 @@ def test_emr_task_order_and_trigger_rules(emr_dag):
 def test_local_mode_has_the_same_tasks_without_the_cluster(local_dag):
     tasks = local_dag.task_dict
     assert set(tasks) == set(LOCAL_ORDER)
-    for upstream, downstream in zip(LOCAL_ORDER, LOCAL_ORDER[1:]):
+    for upstream, downstream in zip(LOCAL_ORDER, LOCAL_ORDER[1:], strict=False):
         assert tasks[downstream].upstream_task_ids == {upstream}
-    assert {type(tasks[f"{n}_step"]).__name__ for n in ("clean", "embed", "pca", "report")} == {
-        "LocalSparkJobOperator"}
+    assert {type(tasks[f"{n}_step"]).__name__ for n in ("clean", "embed", "pca", "report")} == {"LocalSparkJobOperator"}
     assert {type(tasks[s]).__name__ for s in SENSORS} == {"LocalKeySensor"}
     assert "local" in local_dag.tags
 
@@ -117,20 +131,33 @@ def test_params_are_validated_with_clear_messages(emr_dag):
     from airflow.sdk.exceptions import ParamValidationError
 
     assert emr_dag.params.validate() == {
-        "input_uri": "uploads", "mode": "incremental", "pca_k": None, "pca_variance": 0.95,
-        "reuse_pca_model": False, "core_instance_count": 2, "core_instance_type": "m5.xlarge"}
-    for name, bad in [("mode", "everything"), ("pca_k", 0), ("pca_variance", 1.5), ("core_instance_count", "two"),
-                      ("core_instance_type", "big one"), ("reuse_pca_model", "yes"), ("input_uri", "")]:
+        "input_uri": "uploads",
+        "mode": "incremental",
+        "pca_k": None,
+        "pca_variance": 0.95,
+        "reuse_pca_model": False,
+        "core_instance_count": 2,
+        "core_instance_type": "m5.xlarge",
+    }
+    for name, bad in [
+        ("mode", "everything"),
+        ("pca_k", 0),
+        ("pca_variance", 1.5),
+        ("core_instance_count", "two"),
+        ("core_instance_type", "big one"),
+        ("reuse_pca_model", "yes"),
+        ("input_uri", ""),
+    ]:
         params = copy.deepcopy(emr_dag.params)
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):
             params[name] = bad
 
 
 def test_docs_list_every_variable_and_param(emr_dag):
-    from fruits_airflow.settings import VARIABLES
+    from fruits_dag.settings import SETTINGS
 
-    docs = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    for variable in VARIABLES:
-        assert f"| `{variable.name}` | {variable.default} |" in docs, variable.name
+    docs = (REPO_ROOT / "docs" / "dag.md").read_text(encoding="utf-8")
+    for setting in SETTINGS:
+        assert f"| `{setting.name}` | {setting.shown_default} |" in docs, setting.name
     for param in emr_dag.params:
         assert f"| `{param}` |" in docs, param

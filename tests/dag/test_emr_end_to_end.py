@@ -1,4 +1,5 @@
 """The EMR backend end to end: ``airflow dags test`` against a moto server, steps driven by :mod:`moto_emr`."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,16 @@ from moto_emr import EmrEmulator
 BUCKET = "fruits-test"
 DATE = "2026-05-01"
 STEPS = ["clean", "embed", "pca", "report"]
-CODE_FILES = {"clean.py", "embed.py", "pca.py", "report.py", "fruits_common.zip", "requirements.txt",
-              "emr_bootstrap.sh", "mobilenet_v2_test_weights.h5"}
+CODE_FILES = {
+    "clean.py",
+    "embed.py",
+    "pca.py",
+    "report.py",
+    "fruits_common.zip",
+    "requirements.txt",
+    "emr_bootstrap.sh",
+    "mobilenet_v2_test_weights.h5",
+}
 CONF = {"core_instance_count": 3, "core_instance_type": "m5.2xlarge", "pca_k": 50}
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -129,8 +138,14 @@ def test_happy_path_steps_in_order_with_staged_scripts(happy_run, boto):
     for step in steps:
         config = step["Config"]
         assert config["Jar"] == "command-runner.jar" and step["ActionOnFailure"] == "CANCEL_AND_WAIT"
-        assert config["Args"][:6] == ["spark-submit", "--deploy-mode", "client", "--py-files",
-                                      f"s3://{BUCKET}/{code}/fruits_common.zip", f"s3://{BUCKET}/{code}/{step['Name']}.py"]
+        assert config["Args"][:6] == [
+            "spark-submit",
+            "--deploy-mode",
+            "client",
+            "--py-files",
+            f"s3://{BUCKET}/{code}/fruits_common.zip",
+            f"s3://{BUCKET}/{code}/{step['Name']}.py",
+        ]
         _, script, args = split_spark_submit(config["Args"])
         parse_with_job(script, args)  # what EMR received is what the job accepts
     clean_args = steps[0]["Config"]["Args"]
@@ -147,15 +162,15 @@ def test_templates_render_for_the_logical_date(happy_run):
     assert rendered["wait_for_uploads"]["bucket_key"] == f"s3://{BUCKET}/uploads/{DATE}/*"
     assert rendered["clean_success"]["bucket_key"] == [
         f"s3://{BUCKET}/stages/clean/ingest_date={DATE}/_SUCCESS",
-        f"s3://{BUCKET}/stages/rejected/ingest_date={DATE}/_SUCCESS"]
+        f"s3://{BUCKET}/stages/rejected/ingest_date={DATE}/_SUCCESS",
+    ]
     assert rendered["report_success"]["bucket_key"] == [f"s3://{BUCKET}/reports/{DATE}/_SUCCESS"]
     assert rendered["create_cluster"]["job_flow_overrides"]["Name"] == f"fruits-pipeline-{DATE}"
     assert re.fullmatch(r"s-\w+", rendered["embed_step"]["step_id"])
     assert re.fullmatch(r"j-\w+", rendered["terminate_cluster"]["job_flow_id"])
 
 
-def test_rerun_of_the_same_date_stages_nothing_and_submits_the_same_steps(happy_run, moto_endpoint, weights,
-                                                                           boto):
+def test_rerun_of_the_same_date_stages_nothing_and_submits_the_same_steps(happy_run, moto_endpoint, weights, boto):
     _, _, first_clusters = happy_run
     staged_before = code_objects(boto)
     with EmrEmulator():

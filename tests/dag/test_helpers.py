@@ -1,4 +1,5 @@
 """The DAG's building blocks on their own: settings, run date, bundle, staging, the local sensor and step."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from dag_harness import REPO_ROOT
-from fruits_airflow.bundle import build_bundle, zip_package
-from fruits_airflow.local_spark import job_error
-from fruits_airflow.plan import run_date
-from fruits_airflow.sensors import LocalKeySensor, marker_is_fresh
-from fruits_airflow.settings import SettingsError, load
-from fruits_airflow.staging import LocalCodeStore, stage
+from fruits_dag.backends import marker_is_fresh
+from fruits_dag.backends.local import LocalCodeStore, LocalKeySensor, job_error
+from fruits_dag.bundle import build_bundle, stage, zip_package
+from fruits_dag.plan import run_date
+from fruits_dag.settings import SettingsError, load
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # -- settings -------------------------------------------------------------------------------------------------
@@ -32,16 +32,19 @@ def test_settings_default_to_local_without_a_bucket_and_to_emr_with_one(monkeypa
     assert load({"fruits_bucket": "fruits-prod", "fruits_backend": "local"}.get).backend == "local"
 
 
-@pytest.mark.parametrize("variables, message", [
-    ({"fruits_backend": "spark"}, "fruits_backend must be one of emr, local"),
-    ({"fruits_backend": "emr"}, "fruits_bucket is required"),
-    ({"fruits_bucket": "s3://fruits-prod"}, "bare S3 bucket name"),
-    ({"fruits_sensor_timeout": "0"}, "fruits_sensor_timeout must be at least 1"),
-    ({"fruits_emr_idle_timeout": "10", "fruits_bucket": "fruits-prod"}, "at least 60"),
-    ({"fruits_weights": "s3://models/w.h5"}, "local backend cannot read"),
-    ({"fruits_local_root": "relative/folder"}, "absolute path"),
-    ({"fruits_local_driver_memory": "lots"}, "JVM memory size"),
-])
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"fruits_backend": "spark"}, "fruits_backend must be one of emr, local"),
+        ({"fruits_backend": "emr"}, "fruits_bucket is required"),
+        ({"fruits_bucket": "s3://fruits-prod"}, "bare S3 bucket name"),
+        ({"fruits_sensor_timeout": "0"}, "fruits_sensor_timeout must be at least 1"),
+        ({"fruits_emr_idle_timeout": "10", "fruits_bucket": "fruits-prod"}, "at least 60"),
+        ({"fruits_weights": "s3://models/w.h5"}, "local backend cannot read"),
+        ({"fruits_local_root": "relative/folder"}, "absolute path"),
+        ({"fruits_local_driver_memory": "lots"}, "JVM memory size"),
+    ],
+)
 def test_settings_refuse_bad_values_naming_the_variable(variables, message):
     with pytest.raises(SettingsError, match=message):
         load(variables.get)
@@ -147,44 +150,73 @@ def test_markers_must_be_written_after_the_step_started(tmp_path):
 # -- local step errors ------------------------------------------------------------------------------------------
 def test_job_error_is_the_jobs_own_message():
     spark_noise = ["26/05/01 10:00:00 INFO SparkContext: Running Spark version 3.5.6"] * 5
-    assert job_error([*spark_noise, "fruits-clean: error: input folder does not exist: /x", "INFO stop"]) == \
-        "fruits-clean: error: input folder does not exist: /x"
-    traceback = ["Traceback (most recent call last):", '  File "embed.py", line 1, in <module>',
-                 "    raise ValueError('bad batch')", "ValueError: bad batch", "INFO ShutdownHookManager: done"]
+    assert (
+        job_error([*spark_noise, "fruits-clean: error: input folder does not exist: /x", "INFO stop"])
+        == "fruits-clean: error: input folder does not exist: /x"
+    )
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "embed.py", line 1, in <module>',
+        "    raise ValueError('bad batch')",
+        "ValueError: bad batch",
+        "INFO ShutdownHookManager: done",
+    ]
     assert job_error([*spark_noise, *traceback]) == "ValueError: bad batch"
     assert job_error(spark_noise).startswith("no error message found")
 
 
 # -- make run's data ------------------------------------------------------------------------------------------------
-def test_synthetic_sample_is_reproducible_labelled_and_passes_the_image_checks(tmp_path):
-    from fruits_common.images import check_image
-
-    from fruits_airflow.synthetic_sample import FRUITS, write_sample
-
-    assert write_sample(tmp_path / "a", per_label=5, seed=7) == 5 * len(FRUITS)
-    write_sample(tmp_path / "b", per_label=5, seed=7)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
-    assert {f.parts[0] for f in files} == {"Training", "Test"}
-    assert {f.parts[1] for f in files} == set(FRUITS) and all("(synthetic)" in label for label in FRUITS)
-    contents = [(tmp_path / "a" / f).read_bytes() for f in files]
-    assert contents == [(tmp_path / "b" / f).read_bytes() for f in files]
-    assert len(set(contents)) == len(contents)  # no duplicates for the clean job to drop
-    checks = [check_image(c) for c in contents]
-    assert {(c.reason, c.width, c.height) for c in checks} == {(None, 100, 100)}
-    assert "SYNTHETIC" in (tmp_path / "a" / "SYNTHETIC.txt").read_text()
-
-
-def test_prepare_links_data_or_writes_the_synthetic_sample_once(tmp_path):
-    from fruits_airflow.local_run import prepare
+def test_prepare_links_the_committed_real_images_by_default_or_data(tmp_path):
+    from local_run import DEFAULT_DATA, prepare
 
     root = tmp_path / "root"
-    assert prepare(root, None) == "datasets/synthetic-fruits"
-    marker = root / "datasets" / "synthetic-fruits" / "SYNTHETIC.txt"
-    before = marker.stat().st_mtime_ns
-    assert prepare(root, None) == "datasets/synthetic-fruits" and marker.stat().st_mtime_ns == before
+    assert prepare(root, None) == "datasets/fruits-360-mini"
+    assert (root / "datasets" / "fruits-360-mini").resolve() == DEFAULT_DATA.resolve()
+    images = sorted(DEFAULT_DATA.rglob("*.jpg"))
+    # Real fruit: 8 labels of the sample, in the Fruits-360 layout, small enough to commit.
+    assert {p.parent.name for p in images} == {
+        "Apple Golden 1",
+        "Avocado",
+        "Banana",
+        "Kiwi",
+        "Lemon",
+        "Mango",
+        "Raspberry",
+        "Strawberry",
+    }
+    assert {p.parent.parent.name for p in images} == {"Training", "Test"}
+    assert sum(p.stat().st_size for p in images) < 1_000_000
+    assert prepare(root, None) == "datasets/fruits-360-mini"  # again: the link is kept
     data = tmp_path / "fruits-360"
     (data / "Training" / "Kiwi").mkdir(parents=True)
     assert prepare(root, data) == "datasets/fruits-360"
     assert (root / "datasets" / "fruits-360").resolve() == data.resolve()
     with pytest.raises(SystemExit, match="not a folder"):
         prepare(root, tmp_path / "missing")
+
+
+def test_make_run_progress_prints_a_line_per_task_with_its_key_figure():
+    import io
+
+    from local_run import Progress
+
+    out = io.StringIO()
+    progress = Progress(out=out)
+    lines = [
+        "[DAG TEST] starting task_id=clean_step map_index=-1",
+        "INFO - 2026 INFO fruits: fruits-clean finished: "
+        '{"run_date": "2026-05-01", "kept": 98, "rejected": 6, "rejected_by_reason": {"duplicate": 2, "corrupt": 4}}',
+        "INFO - Marking task as SUCCESS. dag_id=fruits_pipeline, task_id=clean_step",
+        "[DAG TEST] end task task_id=clean_step map_index=-1",
+        "[DAG TEST] starting task_id=embed_step map_index=-1",
+        "ERROR - fruits-embed: error: weights file not found: /nowhere.h5",
+        "INFO - Marking task as FAILED. dag_id=fruits_pipeline, task_id=embed_step",
+        "[DAG TEST] end task task_id=embed_step map_index=-1",
+    ]
+    for line in lines:
+        progress.feed(line)
+    printed = out.getvalue().splitlines()
+    assert printed[0].split()[:2] == ["clean_step", "success"]
+    assert printed[0].endswith("104 files read: 98 kept, 6 rejected (4 corrupt, 2 duplicate)")
+    assert printed[1].split()[:2] == ["embed_step", "failed"]
+    assert printed[2].strip() == "fruits-embed: error: weights file not found: /nowhere.h5"

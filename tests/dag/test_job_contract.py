@@ -2,6 +2,7 @@
 argument parser (``build_parser()``), on both backends, for every shape of params. The DAG and the jobs cannot
 drift apart without this failing.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,11 +10,12 @@ import datetime as dt
 import pytest
 
 from dag_harness import parse_with_job, split_spark_submit
-from fruits_airflow.bundle import Bundle
-from fruits_airflow.local_spark import LocalSparkJobOperator
-from fruits_airflow.params import RunParams
-from fruits_airflow.plan import STEP_NAMES, build_plan
-from fruits_airflow.settings import load
+from fruits_dag.backends.emr import emr_steps
+from fruits_dag.backends.local import LocalSparkJobOperator
+from fruits_dag.bundle import Bundle
+from fruits_dag.params import RunParams
+from fruits_dag.plan import STEP_NAMES, build_plan
+from fruits_dag.settings import load
 
 DAY = dt.date(2026, 5, 1)
 BUNDLE = Bundle(files=(), digest="0123456789abcdef", weights_name="mobilenet_v2_no_top.h5")
@@ -35,7 +37,7 @@ def local_settings(tmp_path):
 @pytest.mark.parametrize("params", PARAMS, ids=["defaults", "full-k-reuse", "variance"])
 def test_every_emr_step_parses_with_its_jobs_parser(params):
     plan = build_plan(emr_settings(), params, DAY, BUNDLE)
-    steps = plan.emr_steps()
+    steps = emr_steps(plan)
     assert [s["Name"] for s in steps] == list(STEP_NAMES)
     for step in steps:
         argv = step["HadoopJarStep"]["Args"]
@@ -46,14 +48,18 @@ def test_every_emr_step_parses_with_its_jobs_parser(params):
         parsed = parse_with_job(script, args)
         if step["Name"] == "clean":
             assert parsed.run_date == DAY
-            expected_input = ("s3://fruits-prod/datasets/fruits-360" if params.mode == "full"
-                              else f"s3://fruits-prod/uploads/{DAY}")
+            expected_input = (
+                "s3://fruits-prod/datasets/fruits-360" if params.mode == "full" else f"s3://fruits-prod/uploads/{DAY}"
+            )
             assert parsed.input == expected_input
         if step["Name"] == "embed":
             assert parsed.weights == f"s3://fruits-prod/code/{BUNDLE.digest}/mobilenet_v2_no_top.h5"
         if step["Name"] == "pca":
             assert (parsed.k, parsed.variance, parsed.reuse_model) == (
-                params.pca_k, None if params.pca_k else params.pca_variance, params.reuse_pca_model)
+                params.pca_k,
+                None if params.pca_k else params.pca_variance,
+                params.reuse_pca_model,
+            )
         if step["Name"] == "report":
             assert parsed.run_date == DAY and parsed.output == f"s3://fruits-prod/reports/{DAY}"
 

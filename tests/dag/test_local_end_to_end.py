@@ -4,6 +4,7 @@ Run 1 (a bulk load, ``mode=full``): a copy of part of the Fruits-360 sample plus
 duplicate. Run 2 (the next night, ``incremental``): new uploads plus an image ingested the night before; only the
 new images are cleaned and embedded.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from airflow.sdk.exceptions import AirflowException
 
 import report as report_job
-from airflow.sdk.exceptions import AirflowException
 from bad_images import EXPECTED_REASONS, write_bad_files
 from dag_harness import dags_test
-from fruits_airflow.bundle import zip_package
-from fruits_airflow.local_spark import LocalSparkJobOperator
-from fruits_airflow.plan import JobRun
+from fruits_dag.backends.local import LocalSparkJobOperator
+from fruits_dag.bundle import zip_package
+from fruits_dag.plan import JobRun
 from sample_images import copy_images, sample_files
 
 DAY1, DAY2 = "2026-05-01", "2026-05-02"
@@ -95,7 +96,9 @@ def test_bulk_load_writes_every_stage(first_run, root):
     report_dir = root / "reports" / DAY1
     report = json.loads((report_dir / "report.json").read_text())
     assert (report["kept"], report["rejected"], report["k"]) == (kept, len(EXPECTED_REASONS) + 1, summary["k"])
-    assert sorted(report["kept_per_label"]) == sorted(p.name for p in (root / "datasets/fruits-sample/Training").iterdir())
+    assert sorted(report["kept_per_label"]) == sorted(
+        p.name for p in (root / "datasets/fruits-sample/Training").iterdir()
+    )
     for plot in report_job.PLOTS:
         assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -128,17 +131,35 @@ def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):
     shared = tmp_path / "fruits_common.zip"
     shared.write_bytes(zip_package(jobs / "fruits_common"))
     missing = tmp_path / "uploads" / DAY1
-    job = JobRun(name="clean", script=str(jobs / "clean.py"), py_files=str(shared), markers=[],
-                 args=["--input", str(missing), "--output", str(tmp_path / "clean"),
-                       "--rejected", str(tmp_path / "rejected"), "--run-date", DAY1])
-    with pytest.raises(AirflowException, match="The clean job failed .*: fruits-clean: error: input folder does not "
-                                               f"exist: {missing}"):
+    job = JobRun(
+        name="clean",
+        script=str(jobs / "clean.py"),
+        py_files=str(shared),
+        markers=[],
+        args=[
+            "--input",
+            str(missing),
+            "--output",
+            str(tmp_path / "clean"),
+            "--rejected",
+            str(tmp_path / "rejected"),
+            "--run-date",
+            DAY1,
+        ],
+    )
+    with pytest.raises(
+        AirflowException, match=f"The clean job failed .*: fruits-clean: error: input folder does not exist: {missing}"
+    ):
         LocalSparkJobOperator(task_id="clean_step", job=asdict(job)).execute({})
 
 
 def test_no_uploads_skips_the_local_run(tmp_path):
-    env = {"AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(tmp_path), "AIRFLOW_VAR_FRUITS_WEIGHTS": "imagenet",
-           "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1", "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "2"}
+    env = {
+        "AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(tmp_path),
+        "AIRFLOW_VAR_FRUITS_WEIGHTS": "imagenet",
+        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "2",
+    }
     result = dags_test("2026-05-03", env)
     assert result.returncode == 0, result.explain()
     assert result.states["wait_for_uploads"] == "skipped"

@@ -1,4 +1,5 @@
 """Fixtures for the Spark job tests: one local[2] session, and the whole pipeline run once on the sample."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from repo import REPO_ROOT
 
 RUN_DATE = dt.date(2026, 11, 24)
 
@@ -20,15 +21,19 @@ def spark():
     """A real local Spark with 2 cores; Python workers import the jobs' shared package like on a cluster."""
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT / "spark_jobs"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        [str(REPO_ROOT / "spark_jobs"), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("fruits-tests")
-               .config("spark.driver.memory", "4g")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "8")
-               .config("spark.sql.session.timeZone", "UTC")
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("fruits-tests")
+        .config("spark.driver.memory", "4g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     # py4j logs at INFO while the interpreter shuts down, after pytest has closed its capture streams.
     logging.getLogger("py4j").setLevel(logging.WARNING)

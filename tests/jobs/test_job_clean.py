@@ -1,17 +1,18 @@
 """clean on real images with real Spark: counts, schema, labels, rejections, duplicates, re-runs."""
+
 from __future__ import annotations
 
 import datetime as dt
 import shutil
 
 import pytest
+from jobs.conftest import RUN_DATE
 from pyspark.sql import functions as F
 
 import bad_images
 import clean
 from fruits_common import schemas
 from fruits_common.errors import JobError
-from jobs.conftest import RUN_DATE
 from sample_images import copy_images
 
 
@@ -101,8 +102,10 @@ def test_rerun_gives_identical_output_and_new_date_skips_known_images(spark, tmp
     day2_rejects = spark.read.parquet(str(rejected)).filter(F.col("ingest_date") == next_day).collect()
     assert all(r["detail"].startswith(f"already ingested on {RUN_DATE}") for r in day2_rejects)
     day1_rows = spark.read.parquet(str(out)).filter(F.col("ingest_date") == RUN_DATE)
-    assert sorted(tuple(r) for r in day1_rows.select("image_id", "path", "label", "ingest_date", "content")
-                  .collect()) == first  # the other partition is untouched
+    assert (
+        sorted(tuple(r) for r in day1_rows.select("image_id", "path", "label", "ingest_date", "content").collect())
+        == first
+    )  # the other partition is untouched
     ids = spark.read.parquet(str(out)).select("image_id")
     assert ids.count() == ids.distinct().count() == len(first) + len(new)
 
@@ -114,5 +117,6 @@ def test_missing_input_is_a_clear_error(spark, tmp_path):
 
 def test_command_line_rejects_bad_run_date():
     with pytest.raises(SystemExit):
-        clean.build_parser().parse_args(["--input", "a", "--output", "b", "--rejected", "c",
-                                         "--run-date", "24/11/2026"])
+        clean.build_parser().parse_args(
+            ["--input", "a", "--output", "b", "--rejected", "c", "--run-date", "24/11/2026"]
+        )

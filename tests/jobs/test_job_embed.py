@@ -1,17 +1,18 @@
 """embed: the features are MobileNetV2's, computed once per image, incrementally."""
+
 from __future__ import annotations
 
 import datetime as dt
 
 import numpy as np
 import pytest
+from jobs.conftest import RUN_DATE
 from pyspark.sql import functions as F
 
 import clean
 import embed
 from fruits_common import schemas
 from fruits_common.errors import JobError
-from jobs.conftest import RUN_DATE
 from sample_images import copy_images
 
 
@@ -20,20 +21,29 @@ def _keras_features(weights_file, files):
     import keras
     from keras.applications.mobilenet_v2 import preprocess_input
 
-    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg",
-                                           weights=str(weights_file))
-    batch = np.stack([keras.utils.img_to_array(
-        keras.utils.load_img(f, target_size=(224, 224), interpolation="bilinear")) for f in files])
+    model = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=str(weights_file)
+    )
+    batch = np.stack(
+        [
+            keras.utils.img_to_array(keras.utils.load_img(f, target_size=(224, 224), interpolation="bilinear"))
+            for f in files
+        ]
+    )
     return model.predict(preprocess_input(batch), batch_size=16, verbose=0)
 
 
 def test_features_equal_keras_on_the_same_images(full_run, spark, sample_dir, weights_file):
-    files = sorted((sample_dir / "Test" / "Mango").glob("*.jpg"))[:12] + sorted(
-        (sample_dir / "Training" / "Raspberry").glob("*.jpg"))[:12]
+    files = (
+        sorted((sample_dir / "Test" / "Mango").glob("*.jpg"))[:12]
+        + sorted((sample_dir / "Training" / "Raspberry").glob("*.jpg"))[:12]
+    )
     features = spark.read.parquet(full_run.paths["embed"])
     assert features.schema.fieldNames() == schemas.EMBED.fieldNames()
-    by_path = {"/".join(r["path"].split("/")[-3:]): r["features"]
-               for r in features.filter(F.col("label").isin("Mango", "Raspberry")).collect()}
+    by_path = {
+        "/".join(r["path"].split("/")[-3:]): r["features"]
+        for r in features.filter(F.col("label").isin("Mango", "Raspberry")).collect()
+    }
     ours = np.array([by_path["/".join(f.parts[-3:])] for f in files], dtype=np.float32)
     reference = _keras_features(weights_file, files)
     assert ours.shape == reference.shape == (24, 1280)
@@ -67,8 +77,9 @@ def test_second_run_date_embeds_only_new_images(spark, tmp_path, sample_dir, wei
     after = spark.read.parquet(paths["embed"])
     assert after.count() == after.select("image_id").distinct().count() == 24
     assert after.filter(F.col("ingest_date") == next_day).count() == 8
-    kept = sorted((r["image_id"], list(r["features"])) for r in after.filter(
-        F.col("ingest_date") == RUN_DATE).collect())
+    kept = sorted(
+        (r["image_id"], list(r["features"])) for r in after.filter(F.col("ingest_date") == RUN_DATE).collect()
+    )
     assert kept == before  # earlier rows are neither rewritten nor duplicated
 
 
@@ -84,8 +95,10 @@ def test_keras_and_onnx_engines_give_the_same_features(full_run, spark, tmp_path
     clean_subset.write.partitionBy("ingest_date").parquet(str(tmp_path / "clean"))
     summary = embed.run(spark, str(tmp_path / "clean"), str(out), str(weights_file), engine="keras")
     assert summary == {**summary, "embedded": 40, "engine": "keras"}
-    onnx = {r["image_id"]: np.array(r["features"]) for r in spark.read.parquet(full_run.paths["embed"])
-            .filter(F.col("label") == "Lemon").collect()}
+    onnx = {
+        r["image_id"]: np.array(r["features"])
+        for r in spark.read.parquet(full_run.paths["embed"]).filter(F.col("label") == "Lemon").collect()
+    }
     keras = {r["image_id"]: np.array(r["features"]) for r in spark.read.parquet(str(out)).collect()}
     assert len(keras) == 40 and keras.keys() <= onnx.keys()
     assert max(np.abs(keras[i] - onnx[i]).max() for i in keras) < 1e-4
@@ -115,7 +128,9 @@ def test_onnx_engine_runs_without_tensorflow(full_run, spark, sample_dir, weight
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     features = np.array(__import__("json").loads(result.stdout.strip().splitlines()[-1]))
-    by_path = {"/".join(r["path"].split("/")[-3:]): np.array(r["features"]) for r in spark.read.parquet(
-        full_run.paths["embed"]).filter(F.col("label") == "Kiwi").collect()}
+    by_path = {
+        "/".join(r["path"].split("/")[-3:]): np.array(r["features"])
+        for r in spark.read.parquet(full_run.paths["embed"]).filter(F.col("label") == "Kiwi").collect()
+    }
     expected = np.stack([by_path["/".join(f.parts[-3:])] for f in files])
     assert features.shape == (8, 1280) and np.abs(features - expected).max() < 1e-5

@@ -1,4 +1,5 @@
 """The image rules on their own (no Spark): every bad-file kind gets its reason, odd valid ones pass."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,12 +40,15 @@ def test_transparency_is_composited_on_white(tmp_path):
     assert rgb.getpixel((10, 10)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("path, label", [
-    ("s3://b/datasets/fruits/Training/Banana/1_100.jpg", "Banana"),
-    ("s3://b/datasets/fruits/Banana/1_100.jpg", None),
-    ("s3://b/datasets/fruits/1_100.jpg", None),
-    ("s3://other/x/Training/Banana/1_100.jpg", None),
-])
+@pytest.mark.parametrize(
+    "path, label",
+    [
+        ("s3://b/datasets/fruits/Training/Banana/1_100.jpg", "Banana"),
+        ("s3://b/datasets/fruits/Banana/1_100.jpg", None),
+        ("s3://b/datasets/fruits/1_100.jpg", None),
+        ("s3://other/x/Training/Banana/1_100.jpg", None),
+    ],
+)
 def test_label_is_the_parent_folder_two_levels_down(path, label):
     assert images.label_from_path(path, "s3://b/datasets/fruits/") == label
 

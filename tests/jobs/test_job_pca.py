@@ -1,4 +1,5 @@
 """pca: the variance target, a reusable model, and features that still separate the fruits."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -45,7 +46,7 @@ def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
     axes = model.pc.toArray()
     np.testing.assert_allclose(axes.T @ axes, np.eye(k), atol=1e-9)
     projected = _projections(spark, full_run.paths["pca"])
-    expected = dict(zip((r["image_id"] for r in embed), features @ axes))
+    expected = dict(zip((r["image_id"] for r in embed), features @ axes, strict=False))
     assert max(np.abs(projected[i] - expected[i]).max() for i in expected) < 1e-3  # float32 output
 
 
@@ -53,8 +54,9 @@ def test_refit_is_identical(full_run, spark, tmp_path):
     refit = pca.run(spark, full_run.paths["embed"], str(tmp_path / "pca"), str(tmp_path / "model"), variance=0.9)
     assert refit["explained_variance"] == full_run.pca["explained_variance"]
     assert _projections(spark, str(tmp_path / "pca")).keys() == _projections(spark, full_run.paths["pca"]).keys()
-    np.testing.assert_array_equal(PCAModel.load(str(tmp_path / "model")).pc.toArray(),
-                                  PCAModel.load(full_run.paths["model"]).pc.toArray())
+    np.testing.assert_array_equal(
+        PCAModel.load(str(tmp_path / "model")).pc.toArray(), PCAModel.load(full_run.paths["model"]).pc.toArray()
+    )
 
 
 def test_merged_moments_equal_numpy(spark):
@@ -80,8 +82,9 @@ def test_choose_k():
 def test_reused_model_projects_identically(full_run, spark, tmp_path):
     fitted = _projections(spark, full_run.paths["pca"])
     # The same features again, projected with the saved model (which --reuse-model only reads).
-    summary = pca.run(spark, full_run.paths["embed"], str(tmp_path / "pca"), full_run.paths["model"], k=3,
-                      reuse_model=True)
+    summary = pca.run(
+        spark, full_run.paths["embed"], str(tmp_path / "pca"), full_run.paths["model"], k=3, reuse_model=True
+    )
     assert summary["model_mode"] == "reused" and summary["k"] == full_run.pca["k"]  # --k ignored on reuse
     reused = _projections(spark, str(tmp_path / "pca"))
     assert reused.keys() == fitted.keys()
@@ -92,8 +95,7 @@ def test_fixed_k_and_missing_model(full_run, spark, tmp_path):
     summary = pca.run(spark, full_run.paths["embed"], str(tmp_path / "pca"), str(tmp_path / "m"), k=5)
     assert summary["k"] == 5 and summary["explained_variance"] == full_run.pca["explained_variance"][:5]
     with pytest.raises(JobError, match="no saved PCA model"):
-        pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "none"), k=5,
-                reuse_model=True)
+        pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "none"), k=5, reuse_model=True)
 
 
 def test_training_features_predict_test_labels(full_run, spark):
@@ -107,14 +109,15 @@ def test_training_features_predict_test_labels(full_run, spark):
     features = np.stack([x for x, _ in test])
     distances = ((features[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
     predicted = [labels[i] for i in distances.argmin(axis=1)]
-    accuracy = np.mean([p == y for p, (_, y) in zip(predicted, test)])
+    accuracy = np.mean([p == y for p, (_, y) in zip(predicted, test, strict=False)])
     assert accuracy >= 0.95, accuracy
 
 
 def _write_features(spark, path, vectors: list[list[float]]) -> str:
     rows = [(f"id{i}", f"/x/{i}.jpg", None, v, dt.date(2026, 1, 1)) for i, v in enumerate(vectors)]
-    spark.createDataFrame(rows, "image_id string, path string, label string, features array<float>, "
-                                "ingest_date date").write.partitionBy("ingest_date").parquet(str(path))
+    spark.createDataFrame(
+        rows, "image_id string, path string, label string, features array<float>, ingest_date date"
+    ).write.partitionBy("ingest_date").parquet(str(path))
     return str(path)
 
 

@@ -1,19 +1,21 @@
 """report: its numbers agree with the Parquet outputs, its plots are real PNGs of the expected size."""
+
 from __future__ import annotations
 
 import json
 
+from jobs.conftest import RUN_DATE
 from PIL import Image
 from pyspark.sql import functions as F
 
 import report
-from jobs.conftest import RUN_DATE
 
 
 def test_report_matches_the_datasets(full_run, spark, tmp_path):
     out = tmp_path / "reports" / RUN_DATE.isoformat()
-    result = report.run(spark, full_run.paths["clean"], full_run.paths["rejected"], full_run.paths["pca"],
-                        str(out), RUN_DATE)
+    result = report.run(
+        spark, full_run.paths["clean"], full_run.paths["rejected"], full_run.paths["pca"], str(out), RUN_DATE
+    )
     data = json.loads((out / "report.json").read_text())
     clean_df = spark.read.parquet(full_run.paths["clean"]).filter(F.col("ingest_date") == RUN_DATE)
     pca_df = spark.read.parquet(full_run.paths["pca"])
@@ -35,12 +37,16 @@ def test_report_matches_the_datasets(full_run, spark, tmp_path):
 
 def test_report_counts_rejections_by_reason(spark, tmp_path, full_run):
     rejected = tmp_path / "rejected"
-    rows = [("a", "file:/x/a.jpg", None, 0, "empty_file", "no bytes"),
-            ("b", "file:/x/b.jpg", None, 10, "duplicate", "same content as c"),
-            ("b", "file:/x/d.jpg", None, 10, "duplicate", "same content as c")]
-    (spark.createDataFrame(rows, "image_id string, path string, label string, size_bytes long, reason string, "
-                                 "detail string")
-     .write.parquet(str(rejected / f"ingest_date={RUN_DATE}")))
+    rows = [
+        ("a", "file:/x/a.jpg", None, 0, "empty_file", "no bytes"),
+        ("b", "file:/x/b.jpg", None, 10, "duplicate", "same content as c"),
+        ("b", "file:/x/d.jpg", None, 10, "duplicate", "same content as c"),
+    ]
+    (
+        spark.createDataFrame(
+            rows, "image_id string, path string, label string, size_bytes long, reason string, detail string"
+        ).write.parquet(str(rejected / f"ingest_date={RUN_DATE}"))
+    )
     out = tmp_path / "report"
     report.run(spark, full_run.paths["clean"], str(rejected), full_run.paths["pca"], str(out), RUN_DATE)
     data = json.loads((out / "report.json").read_text())

@@ -1,0 +1,113 @@
+"""Backends: how the jobs of a run are launched and watched. One module per backend, each with a ``Backend``.
+
+The DAG asks the configured backend for its tasks and never branches on which one it is:
+
+* :meth:`Backend.code_store`: where ``stage_code`` puts the code bundle;
+* :meth:`Backend.plan_extras`: what the backend adds to the run's plan (XCom), e.g. the EMR cluster request;
+* :meth:`Backend.key_sensor`: a sensor on files of the storage layout (uploads, ``_SUCCESS`` markers);
+* :meth:`Backend.setup`, :meth:`Backend.job_task`, :meth:`Backend.teardown`: the tasks before the first job (a
+  cluster), the task that runs one job, and what must run whatever happens (ending the cluster).
+
+Adding a backend (EMR Serverless, say) means adding one module here whose ``BACKEND`` is its :class:`Backend`
+subclass; the Variable ``fruits_backend`` accepts every module's name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from fruits_dag.bundle import CodeStore
+from fruits_dag.params import RunParams
+from fruits_dag.plan import RunPlan
+from fruits_dag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CheckFn = Callable[..., bool]
+
+
+def from_plan(key: str) -> str:
+    """Template for one value of the run's plan (``stage_code``'s XCom); the DAG renders templates natively.
+
+    Templates rather than XComArgs keep the graph a chain: an XComArg would add an edge from stage_code to each task.
+    """
+    return f"{{{{ ti.xcom_pull(task_ids='stage_code', key='{key}') }}}}"
+
+
+def marker_is_fresh(step_task_id: str) -> CheckFn:
+    """``check_fn`` for a ``_SUCCESS`` sensor: the marker must not be older than the step that writes it.
+
+    Some markers outlive a run (``stages/embed/_SUCCESS`` is rewritten by every run), so existing is not enough:
+    the step task (``step_task_id``) returns ``{"started": ISO time, ...}`` and every marker found must have been
+    modified at or after it. Storage clocks give whole seconds (S3's LastModified), so the comparison does too.
+    Works for ``S3KeySensor`` and the local sensor alike: both pass ``LastModified`` as an aware datetime.
+    """
+
+    def check(files: list[dict[str, Any]], **context: Any) -> bool:
+        step = context["ti"].xcom_pull(task_ids=step_task_id) or {}
+        if not step.get("started"):
+            log.warning("Task %s left no start time: cannot tell a fresh marker from a stale one", step_task_id)
+            return False
+        started = dt.datetime.fromisoformat(step["started"]).replace(microsecond=0)
+        stale = [f for f in files if f.get("LastModified") is None or f["LastModified"] < started]
+        for f in stale:
+            # S3KeySensor gives no Key for an exact key; it logged the key it pokes just before.
+            log.info(
+                "Marker %s was last modified at %s, before the step started at %s: an earlier run's, waiting "
+                "for this step's",
+                f.get("Key") or "(the key above)",
+                f.get("LastModified"),
+                started.isoformat(),
+            )
+        return not stale
+
+    return check
+
+
+class Backend(ABC):
+    """The tasks and storage of one way of running the jobs; built from the settings when the DAG is parsed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Sensors give their worker slot back between pokes.
+        self.sensor_args: dict[str, Any] = {
+            "mode": "reschedule",
+            "poke_interval": settings.poke_interval,
+            "timeout": settings.sensor_timeout,
+        }
+
+    @abstractmethod
+    def code_store(self) -> CodeStore:
+        """Where ``stage_code`` stages the bundle."""
+
+    def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str) -> dict[str, Any]:
+        """More XCom values of the run's plan, for this backend's own tasks (none by default)."""
+        return {}
+
+    @abstractmethod
+    def key_sensor(self, task_id: str, keys: str, **kwargs: Any) -> BaseOperator:
+        """A sensor that waits for ``keys`` (a plan template: one key, a list, or a wildcard pattern)."""
+
+    def setup(self) -> Sequence[BaseOperator]:
+        """Tasks between the uploads sensor and the first job (none by default)."""
+        return ()
+
+    @abstractmethod
+    def job_task(self, name: str, index: int) -> BaseOperator:
+        """The task that runs job ``name`` (the ``index``-th of the plan) and returns ``{"started": ISO time}``."""
+
+    def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:  # noqa: B027 (optional hook)
+        """Tasks that must run after ``last`` whatever happened (nothing by default)."""
+
+
+def get_backend(settings: Settings) -> Backend:
+    """The backend the settings name (``fruits_dag.backends.<settings.backend>``)."""
+    module = importlib.import_module(f"{__name__}.{settings.backend}")
+    return module.BACKEND(settings)

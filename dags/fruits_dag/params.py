@@ -1,0 +1,96 @@
+"""The run parameters of ``fruits_pipeline`` (the trigger form in the UI, ``--conf`` on the CLI).
+
+Their names are a contract. Airflow validates each one against its JSON schema when a run is triggered, so a bad
+value is refused with a message before anything runs; :meth:`RunParams.from_mapping` reads them back typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from airflow.sdk import Param
+
+Mode = Literal["incremental", "full"]
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """A run's parameters, typed."""
+
+    input_uri: str = "uploads"
+    mode: Mode = "incremental"
+    pca_k: int | None = None
+    pca_variance: float = 0.95
+    reuse_pca_model: bool = False
+    core_instance_count: int = 2
+    core_instance_type: str = "m5.xlarge"
+
+    @classmethod
+    def from_mapping(cls, params: Mapping[str, Any]) -> RunParams:
+        """From the run's (already validated) ``params``; missing names take their defaults."""
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{name: params[name] for name in names if name in params})
+
+
+def dag_params() -> dict[str, Param]:
+    """The DAG's ``params``: defaults (those of :class:`RunParams`), JSON schemas and the trigger form's help."""
+    default = RunParams()
+    return {
+        "input_uri": Param(
+            default.input_uri,
+            type="string",
+            minLength=1,
+            title="Input prefix",
+            description_md="Where the images are: a prefix under the storage root (`uploads`, "
+            "`datasets/fruits-360`) or a full URI (`s3://...` on EMR, an absolute folder locally). "
+            "`incremental` reads its `<run date>/` subfolder, `full` everything under it.",
+        ),
+        "mode": Param(
+            default.mode,
+            enum=list(get_args(Mode)),
+            title="Mode",
+            description_md="`incremental`: only the run date's uploads; `full`: every file under the input prefix "
+            "(bulk loads such as Fruits-360). Images already ingested are skipped either way.",
+        ),
+        "pca_k": Param(
+            default.pca_k,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1280,
+            title="PCA components (k)",
+            description_md="Number of PCA components. Empty: the smallest k that reaches `pca_variance`.",
+        ),
+        "pca_variance": Param(
+            default.pca_variance,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            title="PCA explained variance",
+            description_md="Fraction of variance to keep when `pca_k` is empty.",
+        ),
+        "reuse_pca_model": Param(
+            default.reuse_pca_model,
+            type="boolean",
+            title="Reuse the saved PCA model",
+            description_md="Project with the model in `models/pca/` instead of fitting a new one, so today's "
+            "features share the basis of earlier runs.",
+        ),
+        "core_instance_count": Param(
+            default.core_instance_count,
+            type="integer",
+            minimum=1,
+            maximum=50,
+            title="EMR core nodes",
+            description_md="Number of EMR core nodes (ignored by the local backend).",
+        ),
+        "core_instance_type": Param(
+            default.core_instance_type,
+            type="string",
+            pattern=r"^[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+$",
+            title="EMR core node type",
+            description_md="EC2 instance type of the core nodes, e.g. `m5.xlarge` (x86_64: TensorFlow's wheels). "
+            "Ignored by the local backend.",
+        ),
+    }

@@ -1,0 +1,185 @@
+"""What one run of ``fruits_pipeline`` does, computed once from the settings, the params and the run date.
+
+Pure functions, no I/O: the ``stage_code`` task builds a :class:`RunPlan` and hands it to the other tasks through
+XCom (with what its backend adds, such as the EMR cluster request), so the step arguments and sensor keys of a run
+can be read in the UI and in tests. Every backend uses the same layout and the same job arguments; only the way the
+jobs are launched differs (``fruits_dag/backends/``).
+
+Storage layout (under ``s3://<bucket>/`` or the local root)::
+
+    uploads/YYYY-MM-DD/...   what the app uploads; a nightly run reads its run date's folder
+    datasets/...             bulk loads (Fruits-360), processed with mode=full
+    code/<digest>/...        staged scripts, fruits_common.zip, requirements, bootstrap script, weights
+    stages/clean/ingest_date=YYYY-MM-DD/     valid images          (clean.py)
+    stages/rejected/ingest_date=YYYY-MM-DD/  rejected files        (clean.py)
+    stages/embed/            MobileNetV2 features, appended        (embed.py)
+    stages/pca/              the final features, replaced          (pca.py)
+    models/pca/              the Spark ML PCA model                (pca.py)
+    reports/YYYY-MM-DD/      report.json and plots of the run      (report.py)
+    logs/emr/                EMR cluster and step logs (EMR only)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fruits_dag.bundle import JOB_NAMES, SHARED_ZIP, Bundle
+from fruits_dag.params import RunParams
+from fruits_dag.settings import Settings
+
+STEP_NAMES = JOB_NAMES  # one EMR step (one local task) per job, in run order
+SUCCESS = "_SUCCESS"
+
+
+def run_date(logical_date: dt.datetime | None, run_after: dt.datetime) -> dt.date:
+    """The upload day a run processes (UTC).
+
+    Scheduled runs: the day of their logical date, i.e. the start of the data interval that just ended (the
+    02:00 run on the 2nd processes ``uploads/<1st>/``). ``airflow dags test fruits_pipeline 2024-05-01`` and
+    manual runs given a logical date: that date's day. Manual runs without a logical date (Airflow 3 allows
+    them): the day they were triggered, i.e. today's uploads so far.
+    """
+    moment = logical_date or run_after
+    return moment.astimezone(dt.UTC).date()
+
+
+class PlanError(ValueError):
+    """The run's params do not fit the backend; the message says which param."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The storage layout under one root (``s3://bucket`` or ``/abs/folder``)."""
+
+    root: str
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
+
+    def code(self, digest: str) -> str:
+        return self.join("code", digest)
+
+    def stage(self, name: str) -> str:
+        return self.join("stages", name)
+
+    def pca_model(self) -> str:
+        return self.join("models", "pca")
+
+    def report(self, day: dt.date) -> str:
+        return self.join("reports", day.isoformat())
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One Spark job of the run: ``spark-submit --py-files <py_files> <script> <args...>``."""
+
+    name: str
+    script: str
+    py_files: str
+    args: list[str]
+    markers: list[str]  # the _SUCCESS files the job writes last
+
+    def submit_args(self) -> list[str]:
+        """The part of the spark-submit command line both backends share."""
+        return ["--py-files", self.py_files, self.script, *self.args]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything the tasks of one run need; :meth:`to_xcom` is what ``stage_code`` returns."""
+
+    run_date: dt.date
+    code_uri: str
+    uploads_pattern: str
+    jobs: list[JobRun]
+
+    def job(self, name: str) -> JobRun:
+        return next(j for j in self.jobs if j.name == name)
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-able values, one XCom key each (the DAG's templates pull them by key)."""
+        values: dict[str, Any] = {
+            "run_date": self.run_date.isoformat(),
+            "code_uri": self.code_uri,
+            "uploads_pattern": self.uploads_pattern,
+        }
+        for job in self.jobs:
+            values[f"{job.name}_job"] = asdict(job)
+            values[f"{job.name}_markers"] = job.markers
+        return values
+
+
+def _input_root(settings: Settings, layout: Layout, input_uri: str) -> str:
+    """The params' ``input_uri`` as a URI of the backend: relative values live under the storage root."""
+    value = input_uri.strip()
+    if settings.backend == "emr":
+        if value.startswith("s3://"):
+            return value.rstrip("/")
+        if "://" in value or value.startswith("/"):
+            raise PlanError(f"param input_uri must be an s3:// URI or a prefix in the bucket, got {value!r}")
+    else:
+        if "://" in value:
+            raise PlanError(
+                f"param input_uri must be a folder (absolute, or relative to fruits_local_root) "
+                f"with the local backend, got {value!r}"
+            )
+        if value.startswith("/"):
+            return value.rstrip("/")
+    return layout.join(value)
+
+
+def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bundle) -> RunPlan:
+    """The run's jobs (the job contract's command lines) and sensor keys, the same for every backend."""
+    layout = Layout(settings.storage_root)
+    code = layout.code(bundle.digest)
+    day_iso = day.isoformat()
+    partition = f"ingest_date={day_iso}"
+
+    source = _input_root(settings, layout, params.input_uri)
+    clean_input = source if params.mode == "full" else f"{source}/{day_iso}"
+    clean, rejected, embed, pca = (layout.stage(n) for n in ("clean", "rejected", "embed", "pca"))
+    report = layout.report(day)
+    weights = f"{code}/{bundle.weights_name}" if bundle.weights_name else settings.weights
+    size = ["--k", str(params.pca_k)] if params.pca_k is not None else ["--variance", repr(params.pca_variance)]
+
+    def job(name: str, args: list[str], markers: list[str]) -> JobRun:
+        return JobRun(
+            name=name, script=f"{code}/{name}.py", py_files=f"{code}/{SHARED_ZIP}", args=args, markers=markers
+        )
+
+    jobs = [
+        job(
+            "clean",
+            ["--input", clean_input, "--output", clean, "--rejected", rejected, "--run-date", day_iso],
+            [f"{clean}/{partition}/{SUCCESS}", f"{rejected}/{partition}/{SUCCESS}"],
+        ),
+        job("embed", ["--input", clean, "--output", embed, "--weights", weights], [f"{embed}/{SUCCESS}"]),
+        job(
+            "pca",
+            [
+                "--input",
+                embed,
+                "--output",
+                pca,
+                "--model",
+                layout.pca_model(),
+                *size,
+                *(["--reuse-model"] if params.reuse_pca_model else []),
+            ],
+            [f"{pca}/{SUCCESS}"],
+        ),
+        job(
+            "report",
+            ["--clean", clean, "--rejected", rejected, "--pca", pca, "--output", report, "--run-date", day_iso],
+            [f"{report}/{SUCCESS}"],
+        ),
+    ]
+    return RunPlan(
+        run_date=day,
+        code_uri=code,
+        # fnmatch's '*' also matches '/': any file at any depth under the folder counts.
+        uploads_pattern=f"{clean_input}/*",
+        jobs=jobs,
+    )

@@ -1,0 +1,247 @@
+"""Every deployment setting of the fruits pipeline, read in this one place from Airflow Variables.
+
+Operators set them as Variables (UI, CLI) or as ``AIRFLOW_VAR_<NAME>`` environment variables; AWS credentials,
+region and endpoint come from the connection ``aws_default``. The DAG file calls :func:`load` when it is parsed:
+the backend and the sensors' timing shape the DAG, and since a worker parses the file again before it runs a task,
+each task sees the values current at its start. A bad value is an import error of the DAG that names the Variable.
+No secret or account id lives in the code.
+
+Each setting is one :class:`Setting`: its Variable, its default, its parser and its meaning, written once. The
+docs' table (:func:`variables_markdown`) and :func:`load` both come from :data:`SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+AWS_CONN_ID = "aws_default"
+DEFAULT_EMR_RELEASE = "emr-7.13.0"  # Spark 3.5.6 and Python 3.11: what requirements.txt pins and CI tests
+# spark_jobs/ at the repository root (or /opt/airflow/spark_jobs in the Docker image): dags/fruits_dag/ -> ../../
+DEFAULT_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
+
+
+def backends() -> tuple[str, ...]:
+    """The backends there are: one module each in ``fruits_dag/backends/``."""
+    folder = Path(__file__).with_name("backends")
+    return tuple(sorted(m.name for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_")))
+
+
+class SettingsError(ValueError):
+    """A Variable has a value the pipeline cannot use; the message names the Variable."""
+
+
+# -- parsers: text -> value, ValueError with the reason -----------------------------------------------------------
+def _text(value: str) -> str:
+    return value
+
+
+def _seconds(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number of seconds, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum} seconds, got {number}")
+        return number
+
+    return parse
+
+
+def _memory(value: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*[kmgt]?", value.lower()):
+        raise ValueError(f"must be a JVM memory size such as 2g or 4096m, got {value!r}")
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError(f"must be a bare S3 bucket name (no s3://), got {value!r}")
+    return value
+
+
+def _backend(value: str) -> str:
+    value = value.lower()
+    if value not in backends():
+        raise ValueError(f"must be one of {', '.join(backends())}, got {value!r}")
+    return value
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One Airflow Variable the pipeline reads.
+
+    ``default`` is the value when the Variable is unset: a constant, or a function of the settings read before
+    it (``None``: no value). ``shown`` is how the docs show a computed default.
+    """
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    description: str
+    shown: str | None = None
+
+    @property
+    def field(self) -> str:
+        return self.name.removeprefix("fruits_")
+
+    @property
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        return "(none)" if self.default is None else f"`{self.default}`"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "fruits_bucket", _bucket, None, "S3 bucket holding the storage layout.", shown="(none; required for `emr`)"
+    ),
+    Setting(
+        "fruits_backend",
+        _backend,
+        lambda s: "emr" if s["bucket"] else "local",
+        "`emr`: Spark steps on a transient EMR cluster, storage in S3; `local`: `spark-submit --master "
+        "local[*]` on the Airflow worker, storage in `fruits_local_root`.",
+        shown="`emr` if `fruits_bucket` is set, else `local`",
+    ),
+    Setting(
+        "fruits_local_root",
+        _path,
+        lambda s: Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "fruits",
+        "Folder holding the storage layout in `local` mode.",
+        shown="`$AIRFLOW_HOME/fruits`",
+    ),
+    Setting(
+        "fruits_local_driver_memory",
+        _memory,
+        "2g",
+        "`spark-submit --driver-memory` of the local jobs (in `local[*]` the driver does all the work).",
+    ),
+    Setting("fruits_poke_interval", _seconds(1), 120, "Seconds between two pokes of every sensor (reschedule mode)."),
+    Setting(
+        "fruits_sensor_timeout",
+        _seconds(1),
+        4 * 3600,
+        "Seconds every sensor waits: for uploads (then the run is skipped), for an EMR step, for a `_SUCCESS` marker.",
+        shown="`14400` (4 h)",
+    ),
+    Setting(
+        "fruits_weights",
+        _text,
+        "imagenet",
+        "MobileNetV2 no-top weights: a local `.h5` path (staged with the code), an `s3://` URI (`emr` "
+        "only, used as is), or `imagenet` (Keras downloads them: needs internet on the nodes).",
+    ),
+    Setting(
+        "fruits_jobs_dir",
+        _path,
+        DEFAULT_JOBS_DIR,
+        "Folder with the job scripts, `fruits_common/`, `requirements.txt`, `emr_bootstrap.sh`.",
+        shown="`spark_jobs/` of the repository",
+    ),
+    Setting("fruits_emr_release", _text, DEFAULT_EMR_RELEASE, "EMR release label of the cluster."),
+    Setting("fruits_emr_service_role", _text, "EMR_DefaultRole", "EMR service role (`ServiceRole`)."),
+    Setting(
+        "fruits_emr_instance_profile",
+        _text,
+        "EMR_EC2_DefaultRole",
+        "Instance profile of the cluster's EC2 nodes (`JobFlowRole`).",
+    ),
+    Setting("fruits_emr_subnet_id", _text, None, "Subnet of the cluster.", shown="(none: EMR's default VPC subnet)"),
+    Setting(
+        "fruits_emr_log_uri",
+        _text,
+        lambda s: f"s3://{s['bucket']}/logs/emr/" if s["bucket"] else "",
+        "Where EMR writes cluster, step and container logs (`LogUri`).",
+        shown="`s3://<fruits_bucket>/logs/emr/`",
+    ),
+    Setting("fruits_emr_primary_instance_type", _text, "m5.xlarge", "Instance type of the primary node."),
+    # EMR accepts 60 s to 7 days.
+    Setting(
+        "fruits_emr_idle_timeout",
+        _seconds(60),
+        1800,
+        "Seconds of idleness after which EMR terminates the cluster itself (`AutoTerminationPolicy`): "
+        "the safety net if the DAG's teardown never runs.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment's settings, validated (one attribute per :data:`SETTINGS` entry, without ``fruits_``)."""
+
+    bucket: str | None
+    backend: str
+    local_root: Path
+    local_driver_memory: str
+    poke_interval: int
+    sensor_timeout: int
+    weights: str
+    jobs_dir: Path
+    emr_release: str
+    emr_service_role: str
+    emr_instance_profile: str
+    emr_subnet_id: str | None
+    emr_log_uri: str
+    emr_primary_instance_type: str
+    emr_idle_timeout: int
+
+    @property
+    def storage_root(self) -> str:
+        """Root of the storage layout: ``s3://<bucket>`` or the local folder."""
+        return f"s3://{self.bucket}" if self.backend == "emr" else str(self.local_root)
+
+
+def _airflow_variable(name: str) -> str | None:
+    from airflow.sdk import Variable  # lazy: keeps this module importable without Airflow
+
+    return Variable.get(name, default=None)
+
+
+def load(get: Callable[[str], str | None] = _airflow_variable) -> Settings:
+    """Read and validate every Variable; ``get(name)`` returns a Variable's value or ``None`` when unset."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = get(setting.name)
+        raw = raw.strip() if isinstance(raw, str) else raw
+        if raw in (None, ""):
+            default = setting.default
+            values[setting.field] = default(values) if callable(default) else default
+            continue
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"Variable {setting.name} {exc}") from None
+    _check_together(values)
+    return Settings(**values)
+
+
+def _check_together(values: Mapping[str, Any]) -> None:
+    """Rules that involve more than one setting."""
+    backend = values["backend"]
+    if backend == "emr" and values["bucket"] is None:
+        raise SettingsError("Variable fruits_bucket is required when fruits_backend is emr")
+    if backend == "local" and not values["local_root"].is_absolute():
+        raise SettingsError(f"Variable fruits_local_root must be an absolute path, got {str(values['local_root'])!r}")
+    if values["weights"].startswith("s3://") and backend == "local":
+        raise SettingsError(
+            "Variable fruits_weights is an s3:// URI, which the local backend cannot read "
+            "(it makes no AWS call): give a local .h5 path or 'imagenet'"
+        )
+
+
+def variables_markdown() -> str:
+    """The Variables as a Markdown table (for the DAG's doc_md and docs/dag.md)."""
+    rows = [f"| `{s.name}` | {s.shown_default} | {s.description} |" for s in SETTINGS]
+    return "\n".join(["| Variable | Default | Meaning |", "|---|---|---|", *rows])

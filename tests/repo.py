@@ -1,0 +1,36 @@
+"""Where things are: the repository, the shared sample images and weights, and the Airflow environment of tests.
+
+The one place the tests' paths and Airflow settings are defined; the DAG and UI harnesses build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO_ROOT.parent / "shared"))
+SAMPLE_DIR = Path(os.environ.get("FRUITS_SAMPLE_DIR", SHARED / "data" / "fruits-360-sample"))
+WEIGHTS_FILE = Path(
+    os.environ.get(
+        "FRUITS_TEST_WEIGHTS",
+        SHARED / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    )
+)
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW = str(VENV_BIN / "airflow")
+DAG_ID = "fruits_pipeline"
+
+
+def airflow_env(home: Path, **overrides: str) -> dict[str, str]:
+    """The Airflow settings every test Airflow uses: a private home with SQLite, this repository's DAGs and
+    plugins, no examples; ``overrides`` are more ``AIRFLOW__...`` settings (or replace these)."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **overrides,
+    }
