@@ -1,1 +1,0 @@
-"""Helpers of the ``fruits_pipeline`` DAG: settings, params, run plan, staging, sensors and the local Spark step."""
