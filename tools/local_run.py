@@ -29,9 +29,12 @@ DAG_ID = "fruits_pipeline"
 # What `airflow dags test` prints around each task's log, and what the jobs print when they end (fruits_common.spark).
 TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
-TASK_STATE = re.compile(r"Task instance in (?:\w+ )?state (?:TaskInstanceState\.)?(\w+)|Marking task as (\w+)")
-JOB_RESULT = re.compile(r"fruits-(\w+) finished: (\{.*\})\s*$")
-JOB_ERROR = re.compile(r"(?:fruits-\w+: error: .*|The \w+ job failed .*|AirflowFailException: .*)$")
+TASK_STATE = re.compile(r"\bnew_state=(\w+)")
+JOB_RESULT = re.compile(r"fruits-(\w+) finished: (?=\{)")
+# An error line, without the logger's suffix (`[airflow.task...] loc=...`) that Airflow's log adds.
+JOB_ERROR = re.compile(
+    r"((?:fruits-\w+: error: |The \w+ job failed |AirflowFailException: |\w+Error: ).*?)(?:\s+\[[\w.]+\](?: \w+=.*)?)?$"
+)
 
 
 def prepare(root: Path, data: Path | None) -> str:
@@ -89,13 +92,14 @@ class Progress:
         elif self.current:
             if match := JOB_RESULT.search(line):
                 try:
-                    self.figures[self.current] = key_figure(match.group(1), json.loads(match.group(2)))
+                    result, _ = json.JSONDecoder().raw_decode(line, match.end())
+                    self.figures[self.current] = key_figure(match.group(1), result)
                 except json.JSONDecodeError:
                     pass
             if match := TASK_STATE.search(line):
-                self.states[self.current] = (match.group(1) or match.group(2)).lower()
+                self.states[self.current] = match.group(1).lower()
             if match := JOB_ERROR.search(line.strip()):
-                self.errors.setdefault(self.current, []).append(match.group(0))
+                self.errors.setdefault(self.current, []).append(match.group(1))
 
     def end(self, task_id: str) -> None:
         seconds = time.monotonic() - self.started.get(task_id, time.monotonic())

@@ -204,13 +204,17 @@ def test_make_run_progress_prints_a_line_per_task_with_its_key_figure():
     progress = Progress(out=out)
     lines = [
         "[DAG TEST] starting task_id=clean_step map_index=-1",
-        "INFO - 2026 INFO fruits: fruits-clean finished: "
-        '{"run_date": "2026-05-01", "kept": 98, "rejected": 6, "rejected_by_reason": {"duplicate": 2, "corrupt": 4}}',
-        "INFO - Marking task as SUCCESS. dag_id=fruits_pipeline, task_id=clean_step",
+        "2026-05-01T00:00:01Z [info     ] 2026-05-01 00:00:01,000 INFO fruits: fruits-clean finished: "
+        '{"run_date": "2026-05-01", "kept": 98, "rejected": 6, "rejected_by_reason": {"duplicate": 2, "corrupt": 4}}'
+        " [airflow.task.operators.fruits_dag.backends.local.LocalSparkJobOperator] loc=local.py:144",
+        "2026-05-01T00:00:02Z [info     ] Task instance state updated    [airflow.api_fastapi.execution_api.routes"
+        ".task_instances] correlation_id=x loc=task_instances.py:485 new_state=success rows_affected=1 ti_id=y",
         "[DAG TEST] end task task_id=clean_step map_index=-1",
         "[DAG TEST] starting task_id=embed_step map_index=-1",
-        "ERROR - fruits-embed: error: weights file not found: /nowhere.h5",
-        "INFO - Marking task as FAILED. dag_id=fruits_pipeline, task_id=embed_step",
+        "2026-05-01T00:00:03Z [info     ] fruits-embed: error: weights file not found: /nowhere.h5"
+        " [airflow.task.operators.fruits_dag.backends.local.LocalSparkJobOperator] loc=local.py:144",
+        "2026-05-01T00:00:04Z [info     ] Task instance state updated    [airflow.api_fastapi.execution_api.routes"
+        ".task_instances] correlation_id=x loc=task_instances.py:485 new_state=failed rows_affected=1 ti_id=y",
         "[DAG TEST] end task task_id=embed_step map_index=-1",
     ]
     for line in lines:
