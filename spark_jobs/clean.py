@@ -1,11 +1,11 @@
 """clean: read raw images, check and decode them, drop duplicates, label them, keep the rejects with a reason.
 
-    spark-submit --py-files fruits_common.zip clean.py \
-        --input URI --output URI --rejected URI [--run-date YYYY-MM-DD]
+    spark-submit clean.py --input URI --output URI --rejected URI [--run-date YYYY-MM-DD] [--max-side PX]
 
-Writes ``<output>/ingest_date=<run-date>/`` (valid images, original bytes) and
-``<rejected>/ingest_date=<run-date>/`` (every other input file, with ``reason``). Every input image file
-lands in exactly one of the two. Re-running a run-date replaces its two partitions and nothing else.
+Writes ``<output>/ingest_date=<run-date>/`` (valid images: the original's metadata and a normalized image, at most
+``--max-side`` px, decoded once at the size the model needs) and ``<rejected>/ingest_date=<run-date>/`` (every
+other file, with ``reason``). Every file under the input but hidden ones (``_*``, ``.*``) lands in exactly one of
+the two. Re-running a run-date replaces its two partitions and nothing else.
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, Str
 
 from fruits_common import images, schemas, storage
 from fruits_common.errors import JobError
-from fruits_common.spark import main, run_date
+from fruits_common.spark import main, positive_int, run_date, session_conf
 
 log = logging.getLogger("fruits.clean")
+
+# Files per Arrow batch and bytes per input partition: a batch carries the originals (12 MP photos are 2-4 MB
+# each, up to MAX_FILE_BYTES), so both stay small enough that memory does not follow the photos' size.
+FILES_PER_BATCH = 16
+PARTITION_BYTES = 32 * 1024 * 1024
 
 CHECKED = StructType(
     [
@@ -36,6 +41,7 @@ CHECKED = StructType(
         StructField("height", IntegerType(), True),
         StructField("format", StringType(), True),
         StructField("size_bytes", LongType(), False),
+        StructField("orientation", IntegerType(), True),
         StructField("reason", StringType(), True),
         StructField("detail", StringType(), True),
         StructField("content", BinaryType(), True),
@@ -55,17 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=dt.datetime.now(dt.UTC).date(),
         help="ingest_date partition to write (default: today, UTC)",
     )
+    parser.add_argument(
+        "--max-side",
+        type=positive_int,
+        default=images.DEFAULT_MAX_SIDE,
+        help=f"longest side of the normalized images, in pixels (default {images.DEFAULT_MAX_SIDE})",
+    )
     return parser
 
 
-def _check_batches(input_root: str):
-    """mapInPandas function: hash, label and check every file of a batch (runs on the executors)."""
+def _check_batches(input_root: str, max_side: int):
+    """mapInPandas function: hash, label, check and normalize every file of a batch (runs on the executors)."""
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             rows = []
             for path, content, length in zip(batch["path"], batch["content"], batch["length"], strict=True):
-                result = images.check_image(content)
+                result = images.clean_image(content, max_side)
                 rows.append(
                     {
                         "image_id": images.content_id(content or b""),
@@ -75,23 +87,26 @@ def _check_batches(input_root: str):
                         "height": result.height,
                         "format": result.format,
                         "size_bytes": int(length),
+                        "orientation": result.orientation,
                         "reason": result.reason,
                         "detail": result.detail,
-                        # Rejected files keep no bytes: the rejected dataset records them, it does not store them.
-                        "content": content if result.reason is None else None,
+                        # The normalized image; rejected files keep no bytes (the rejected dataset records them).
+                        "content": result.content,
                     }
                 )
-            yield pd.DataFrame(rows, columns=CHECKED.fieldNames()).astype({"width": "Int32", "height": "Int32"})
+            yield pd.DataFrame(rows, columns=CHECKED.fieldNames()).astype(
+                {"width": "Int32", "height": "Int32", "orientation": "Int32"}
+            )
 
     return check
 
 
 def _read_files(spark: SparkSession, input_uri: str) -> DataFrame:
-    """Image files under ``input_uri`` with 1 byte to ``MAX_FILE_BYTES``, as (path, content, length)."""
+    """Every file under ``input_uri`` (whatever its name) with 1 byte to ``MAX_FILE_BYTES``, as (path, content,
+    length). No name filter: a file that is not an accepted image is rejected with a reason, never skipped."""
     return (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", images.IMAGE_GLOB)
         .load(input_uri)
         # Pushed down to the file listing: oversized files are never read.
         .filter(F.col("length") <= images.MAX_FILE_BYTES)
@@ -100,12 +115,10 @@ def _read_files(spark: SparkSession, input_uri: str) -> DataFrame:
 
 
 def _unreadable_files(spark: SparkSession, input_uri: str, input_root: str) -> DataFrame:
-    """Rejections for image files Spark's scan cannot hold: empty ones (Spark skips them silently)
-    and ones over ``MAX_FILE_BYTES``. Only their paths reach the driver."""
+    """Rejections for files Spark's scan cannot hold: empty ones (Spark skips them silently) and ones over
+    ``MAX_FILE_BYTES``. Only their paths reach the driver."""
     rows = []
     for path, length in storage.list_files(spark, input_uri):
-        if not images.IMAGE_NAME.search(path):
-            continue
         label = images.label_from_path(path, input_root)
         if length == 0:
             rows.append((images.content_id(b""), path, label, 0, images.EMPTY_FILE, "the file has no bytes"))
@@ -125,15 +138,32 @@ def _unreadable_files(spark: SparkSession, input_uri: str, input_root: str) -> D
     )
 
 
-def run(spark: SparkSession, input: str, output: str, rejected: str, run_date: dt.date | None = None) -> dict:
-    """Clean the images under ``input`` into the ``run_date`` partitions of ``output`` and ``rejected``."""
-    run_date = run_date or dt.datetime.now(dt.UTC).date()
+def run(
+    spark: SparkSession,
+    input: str,
+    output: str,
+    rejected: str,
+    run_date: dt.date | None = None,
+    max_side: int = images.DEFAULT_MAX_SIDE,
+) -> dict:
+    """Clean the files under ``input`` into the ``run_date`` partitions of ``output`` and ``rejected``."""
+    with session_conf(
+        spark,
+        {
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(FILES_PER_BATCH),
+            "spark.sql.files.maxPartitionBytes": str(PARTITION_BYTES),
+        },
+    ):
+        return _run(spark, input, output, rejected, run_date or dt.datetime.now(dt.UTC).date(), max_side)
+
+
+def _run(spark: SparkSession, input: str, output: str, rejected: str, run_date: dt.date, max_side: int) -> dict:
     if not storage.exists(spark, input):
         raise JobError(f"input folder does not exist: {input}")
     input_root = storage.qualify(spark, input)
     partition = f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}"
 
-    checked = _read_files(spark, input).mapInPandas(_check_batches(input_root), schema=CHECKED)
+    checked = _read_files(spark, input).mapInPandas(_check_batches(input_root, max_side), schema=CHECKED)
     checked = checked.persist()  # both outputs below come from it: decode once
 
     valid = checked.filter(F.col("reason").isNull())
@@ -165,7 +195,7 @@ def run(spark: SparkSession, input: str, output: str, rejected: str, run_date: d
     )
 
     kept = valid.filter(~is_duplicate).select(
-        "image_id", "path", "label", "width", "height", "format", "size_bytes", "content"
+        "image_id", "path", "label", "width", "height", "format", "size_bytes", "orientation", "content"
     )
     duplicates = valid.filter(is_duplicate).select(
         "image_id",

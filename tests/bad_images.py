@@ -8,6 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import phone_photos
 from PIL import Image
 
 # file name -> the reason the clean job must give
@@ -19,9 +20,13 @@ EXPECTED_REASONS = {
     "tiny.png": "too_small",
     "bomb.png": "decompression_bomb",
     "blank.jpg": "near_uniform",
+    "notes.txt": "not_an_image",
+    "clip.gif": "unsupported_format",
+    "scan.tiff": "unsupported_format",
+    "broken.heic": "corrupt",
 }
-# valid images in other modes or extensions: the clean job must keep them
-EXPECTED_KEPT = ("cmyk.jpg", "palette.png", "rgba.png", "grey.jpeg", "UPPER.JPG")
+# valid images in other modes, formats or extensions: the clean job must keep them
+EXPECTED_KEPT = ("cmyk.jpg", "palette.png", "rgba.png", "grey.jpeg", "UPPER.JPG", "iphone.HEIC", "android.webp")
 
 
 def _png_with_size(width: int, height: int) -> bytes:
@@ -47,11 +52,16 @@ def write_bad_files(folder: Path, real_jpeg: Path) -> dict[str, str]:
     Image.open(real_jpeg).resize((20, 20)).save(folder / "tiny.png")
     (folder / "bomb.png").write_bytes(_png_with_size(100_000, 100_000))
     Image.new("RGB", (100, 100), (255, 255, 255)).save(folder / "blank.jpg", "JPEG")
+    (folder / "notes.txt").write_text("not an image, whatever its name\n")
+    Image.open(real_jpeg).save(folder / "clip.gif", "GIF")
+    Image.open(real_jpeg).save(folder / "scan.tiff", "TIFF")
+    heic = phone_photos.phone_bytes(Image.open(real_jpeg).convert("RGB"), "HEIF")
+    (folder / "broken.heic").write_bytes(heic[: len(heic) // 2])
     return dict(EXPECTED_REASONS)
 
 
 def write_odd_but_valid_files(folder: Path, real_jpeg: Path) -> tuple[str, ...]:
-    """Valid photos in CMYK, palette, RGBA, greyscale and an upper-case extension."""
+    """Valid photos in CMYK, palette, RGBA, greyscale, HEIC, WebP and an upper-case extension (all 100x100)."""
     folder.mkdir(parents=True, exist_ok=True)
     image = Image.open(real_jpeg).convert("RGB")
     image.convert("CMYK").save(folder / "cmyk.jpg", "JPEG")
@@ -61,4 +71,6 @@ def write_odd_but_valid_files(folder: Path, real_jpeg: Path) -> tuple[str, ...]:
     rgba.save(folder / "rgba.png")
     image.convert("L").save(folder / "grey.jpeg", "JPEG")
     shutil.copy(real_jpeg, folder / "UPPER.JPG")
+    (folder / "iphone.HEIC").write_bytes(phone_photos.phone_bytes(image, "HEIF"))
+    (folder / "android.webp").write_bytes(phone_photos.phone_bytes(image, "WEBP"))
     return EXPECTED_KEPT

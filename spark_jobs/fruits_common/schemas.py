@@ -16,7 +16,10 @@ PARTITION_COLUMN = "ingest_date"
 # Written by pca next to its output, read by report ('_' prefix: Parquet readers skip it).
 PCA_SUMMARY_FILE = "_summary.json"
 
-# stages/clean/ingest_date=YYYY-MM-DD/: valid, de-duplicated images with their original bytes.
+# stages/clean/ingest_date=YYYY-MM-DD/: valid, de-duplicated images. `content` is the normalized image (JPEG or PNG,
+# upright, longest side at most clean's --max-side; the original's bytes when it already was); the other columns
+# describe the original, which stays where it was uploaded (`path`). width/height are the original's, upright;
+# orientation its EXIF orientation tag (1: stored upright).
 CLEAN = StructType(
     [
         StructField("image_id", StringType(), False),
@@ -26,6 +29,7 @@ CLEAN = StructType(
         StructField("height", IntegerType(), False),
         StructField("format", StringType(), False),
         StructField("size_bytes", LongType(), False),
+        StructField("orientation", IntegerType(), False),
         StructField("content", BinaryType(), False),
         StructField(PARTITION_COLUMN, DateType(), False),
     ]

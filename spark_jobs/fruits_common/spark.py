@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -11,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import zipimport
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -52,6 +53,22 @@ def ship_shared_package(spark: SparkSession) -> str | None:
     spark.sparkContext.addPyFile(archive)
     log.info("shipped %s to the executors as %s", package, archive)
     return archive
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """Set SQL settings for the duration of a job, then restore them (tests run several jobs in one session)."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def run_date(value: str) -> dt.date:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,11 @@ def full_run(spark, sample_dir, weights_file, tmp_path_factory) -> PipelineRun:
     import pca
 
     root = tmp_path_factory.mktemp("full_run")
-    clean_summary = clean.run(spark, str(sample_dir), str(root / "clean"), str(root / "rejected"), RUN_DATE)
+    # The images only: the sample's own README.md would be rejected (not_an_image), as any other file would be.
+    images = root / "sample"
+    for split in ("Training", "Test"):
+        shutil.copytree(sample_dir / split, images / split)
+    clean_summary = clean.run(spark, str(images), str(root / "clean"), str(root / "rejected"), RUN_DATE)
     embed_summary = embed.run(spark, str(root / "clean"), str(root / "embed"), str(weights_file))
     pca_summary = pca.run(spark, str(root / "embed"), str(root / "pca"), str(root / "model"), variance=0.9)
     return PipelineRun(root, clean_summary, embed_summary, pca_summary)

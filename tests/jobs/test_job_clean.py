@@ -51,7 +51,9 @@ def messy_input(tmp_path, sample_dir):
     # Two copies of a good image under other names: one duplicate each, the original stays.
     shutil.copy(good[1], root / "uploads" / "copy-a.jpg")
     shutil.copy(good[1], root / "Training" / "Odd" / "copy-b.jpg")
-    (root / "uploads" / "readme.txt").write_text("not an image name: ignored")
+    # Hidden files, as everywhere in Spark: skipped (a phone's sync folder leaves such files).
+    (root / "uploads" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "uploads" / "_partial.jpg").write_bytes(good[2].read_bytes()[:100])
     return root, good, bad, odd
 
 
@@ -70,8 +72,10 @@ def test_bad_files_are_rejected_with_their_reason(spark, tmp_path, messy_input):
     assert all(rejects[n]["detail"].startswith("same content as ") for n in duplicates)
 
     kept = {r["path"].removeprefix(prefix) for r in spark.read.parquet(str(out)).collect()}
-    image_files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    assert len(kept) + len(rejects) == len(image_files)  # every input in exactly one place
+    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
+    # Every file but the hidden ones, whatever its name, in exactly one place: nothing silently skipped.
+    assert kept | set(rejects) == {str(p.relative_to(root)) for p in files}
+    assert len(kept) + len(rejects) == len(files)
     assert {str(p.relative_to(root)) for p in good} <= kept
     assert {f"Training/Odd/{n}" for n in odd if n != "UPPER.JPG"} <= kept
     assert summary["kept"] == len(kept) and summary["rejected"] == len(rejects)
