@@ -30,6 +30,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from fruits_dag import settings as fruits_settings
+from fruits_dag.assets import pipeline_assets
 from fruits_dag.backends import from_plan, get_backend, marker_is_fresh
 from fruits_dag.bundle import build_bundle, stage
 from fruits_dag.params import RunParams, dag_params
@@ -38,6 +39,7 @@ from fruits_dag.plan import STEP_NAMES, PlanError, build_plan, run_date
 # Read when the file is parsed; workers parse it again before each task, so tasks see current values.
 SETTINGS = fruits_settings.load()
 BACKEND = get_backend(SETTINGS)
+ASSETS = pipeline_assets(SETTINGS)  # what each job completes, for DAGs scheduled on data
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "data-engineering",
@@ -86,12 +88,16 @@ with DAG(
         soft_fail=True,  # nothing uploaded by the timeout: skip the rest of the run, don't fail it
     )
     setup = BACKEND.setup()
-    # Each job, then its _SUCCESS marker(s), which must have been written during this step.
+    # Each job, then its _SUCCESS marker(s), which must have been written during this step; that sensor emits the
+    # job's asset, with the job's figures as extras.
     jobs = [
         (
             BACKEND.job_task(name, index),
             BACKEND.key_sensor(
-                f"{name}_success", from_plan(f"{name}_markers"), check_fn=marker_is_fresh(f"{name}_step")
+                f"{name}_success",
+                from_plan(f"{name}_markers"),
+                check_fn=marker_is_fresh(f"{name}_step", name, ASSETS[name]),
+                outlets=[ASSETS[name]],
             ),
         )
         for index, name in enumerate(STEP_NAMES)

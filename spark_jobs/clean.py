@@ -1,17 +1,21 @@
 """clean: read raw images, check and decode them, drop duplicates, label them, keep the rejects with a reason.
 
-    spark-submit clean.py --input URI --output URI --rejected URI [--run-date YYYY-MM-DD] [--max-side PX]
+    spark-submit clean.py --input URI [URI ...] --output URI --rejected URI [--run-date YYYY-MM-DD]
+        [--skip-accounted-since YYYY-MM-DD] [--max-side PX]
 
 Writes ``<output>/ingest_date=<run-date>/`` (valid images: the original's metadata and a normalized image, at most
 ``--max-side`` px, decoded once at the size the model needs) and ``<rejected>/ingest_date=<run-date>/`` (every
 other file, with ``reason``). Every file under the input but hidden ones (``_*``, ``.*``) lands in exactly one of
-the two. Re-running a run-date replaces its two partitions and nothing else.
+the two. With ``--skip-accounted-since``, files already recorded (kept or rejected) in a partition from that date to
+the day before the run date are skipped, with no new row: a nightly run reads a window of upload days and processes
+only what no earlier run accounted for. Re-running a run-date replaces its two partitions and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -30,6 +34,7 @@ log = logging.getLogger("fruits.clean")
 # Files per Arrow batch and bytes per input partition: a batch carries the originals (12 MP photos are 2-4 MB
 # each, up to MAX_FILE_BYTES), so both stay small enough that memory does not follow the photos' size.
 FILES_PER_BATCH = 16
+RUN_FILE = "_run.json"  # what the run read, beside its clean partition
 PARTITION_BYTES = 32 * 1024 * 1024
 
 CHECKED = StructType(
@@ -52,7 +57,9 @@ CHECKED = StructType(
 def build_parser() -> argparse.ArgumentParser:
     """The job's command line (an interface: the DAG and the docs call it)."""
     parser = argparse.ArgumentParser(prog="clean.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help="folder of raw images, searched recursively")
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="folders of raw images, searched recursively (missing ones skipped)"
+    )
     parser.add_argument("--output", required=True, help="root of the clean dataset (Parquet)")
     parser.add_argument("--rejected", required=True, help="root of the rejected-files dataset (Parquet)")
     parser.add_argument(
@@ -60,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=run_date,
         default=dt.datetime.now(dt.UTC).date(),
         help="ingest_date partition to write (default: today, UTC)",
+    )
+    parser.add_argument(
+        "--skip-accounted-since",
+        type=run_date,
+        default=None,
+        help="skip files already kept or rejected in a partition from this date to the day before --run-date",
     )
     parser.add_argument(
         "--max-side",
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_batches(input_root: str, max_side: int):
+def _check_batches(input_roots: list[str], max_side: int):
     """mapInPandas function: hash, label, check and normalize every file of a batch (runs on the executors)."""
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -82,7 +95,7 @@ def _check_batches(input_root: str, max_side: int):
                     {
                         "image_id": images.content_id(content or b""),
                         "path": path,
-                        "label": images.label_from_path(path, input_root),
+                        "label": _label(path, input_roots),
                         "width": result.width,
                         "height": result.height,
                         "format": result.format,
@@ -101,52 +114,78 @@ def _check_batches(input_root: str, max_side: int):
     return check
 
 
-def _read_files(spark: SparkSession, input_uri: str) -> DataFrame:
-    """Every file under ``input_uri`` (whatever its name) with 1 byte to ``MAX_FILE_BYTES``, as (path, content,
-    length). No name filter: a file that is not an accepted image is rejected with a reason, never skipped."""
+def _label_root(path: str, input_roots: list[str]) -> str | None:
+    """The input folder a file was found under (the longest matching one)."""
+    return max((r for r in input_roots if path.startswith(r.rstrip("/") + "/")), key=len, default=None)
+
+
+def _label(path: str, input_roots: list[str]) -> str | None:
+    """The label of a file, from the input folder it was found under."""
+    root = _label_root(path, input_roots)
+    return images.label_from_path(path, root) if root else None
+
+
+def _read_files(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """The files (or every file under the folders) ``paths``, whatever their names, with 1 byte to
+    ``MAX_FILE_BYTES``, as (path, content, length). No name filter: a file that is not an accepted image is rejected
+    with a reason, never skipped."""
+    if not paths:
+        return spark.createDataFrame([], "path string, content binary, length long")
     return (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .load(input_uri)
+        .load(paths)
         # Pushed down to the file listing: oversized files are never read.
         .filter(F.col("length") <= images.MAX_FILE_BYTES)
         .select("path", "content", "length")
     )
 
 
-def _unreadable_files(spark: SparkSession, input_uri: str, input_root: str) -> DataFrame:
+def _unreadable_files(spark: SparkSession, listing: list[tuple[str, int]], input_roots: list[str]) -> DataFrame:
     """Rejections for files Spark's scan cannot hold: empty ones (Spark skips them silently) and ones over
     ``MAX_FILE_BYTES``. Only their paths reach the driver."""
     rows = []
-    for path, length in storage.list_files(spark, input_uri):
-        label = images.label_from_path(path, input_root)
+    for path, length in listing:
+        label = _label(path, input_roots)
         if length == 0:
             rows.append((images.content_id(b""), path, label, 0, images.EMPTY_FILE, "the file has no bytes"))
         elif length > images.MAX_FILE_BYTES:
-            rows.append(
-                (
-                    None,
-                    path,
-                    label,
-                    length,
-                    images.TOO_LARGE,
-                    f"{length} bytes is over the {images.MAX_FILE_BYTES} byte limit",
-                )
-            )
+            detail = f"{length} bytes is over the {images.MAX_FILE_BYTES} byte limit"
+            rows.append((None, path, label, length, images.TOO_LARGE, detail))
     return spark.createDataFrame(
         rows, "image_id string, path string, label string, size_bytes long, reason string, detail string"
     )
 
 
+def _accounted_paths(spark: SparkSession, output: str, rejected: str, since: dt.date, run_date: dt.date) -> set[str]:
+    """Paths already kept or rejected by the runs of ``since`` up to the day before ``run_date``."""
+    paths: set[str] = set()
+    for root, schema in ((output, schemas.CLEAN), (rejected, schemas.REJECTED)):
+        if storage.has_parquet(spark, root):
+            days = (
+                spark.read.schema(schema)
+                .parquet(root)
+                .filter(
+                    (F.col(schemas.PARTITION_COLUMN) >= F.lit(since))
+                    & (F.col(schemas.PARTITION_COLUMN) < F.lit(run_date))
+                )
+            )
+            paths.update(r["path"] for r in days.select("path").collect())
+    return paths
+
+
 def run(
     spark: SparkSession,
-    input: str,
+    input: str | list[str],
     output: str,
     rejected: str,
     run_date: dt.date | None = None,
     max_side: int = images.DEFAULT_MAX_SIDE,
+    skip_accounted_since: dt.date | None = None,
 ) -> dict:
-    """Clean the files under ``input`` into the ``run_date`` partitions of ``output`` and ``rejected``."""
+    """Clean the files under ``input`` (one folder or several) into the ``run_date`` partitions of ``output`` and
+    ``rejected``, skipping those accounted for since ``skip_accounted_since`` when it is given."""
+    inputs = [input] if isinstance(input, str) else list(input)
     with session_conf(
         spark,
         {
@@ -154,16 +193,37 @@ def run(
             "spark.sql.files.maxPartitionBytes": str(PARTITION_BYTES),
         },
     ):
-        return _run(spark, input, output, rejected, run_date or dt.datetime.now(dt.UTC).date(), max_side)
+        day = run_date or dt.datetime.now(dt.UTC).date()
+        return _run(spark, inputs, output, rejected, day, max_side, skip_accounted_since)
 
 
-def _run(spark: SparkSession, input: str, output: str, rejected: str, run_date: dt.date, max_side: int) -> dict:
-    if not storage.exists(spark, input):
-        raise JobError(f"input folder does not exist: {input}")
-    input_root = storage.qualify(spark, input)
+def _run(
+    spark: SparkSession,
+    inputs: list[str],
+    output: str,
+    rejected: str,
+    run_date: dt.date,
+    max_side: int,
+    skip_accounted_since: dt.date | None,
+) -> dict:
+    existing = [i for i in inputs if storage.exists(spark, i)]
+    if not existing:
+        raise JobError(f"input folder does not exist: {', '.join(inputs)}")
+    input_roots = [storage.qualify(spark, i) for i in existing]
     partition = f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}"
 
-    checked = _read_files(spark, input).mapInPandas(_check_batches(input_root, max_side), schema=CHECKED)
+    # Only paths reach the driver: the listing, and the paths earlier runs of the window accounted for.
+    listing = [(path, length) for i in existing for path, length in storage.list_files(spark, i)]
+    accounted_listed: list[str] = []
+    if skip_accounted_since is not None:
+        accounted = _accounted_paths(spark, output, rejected, skip_accounted_since, run_date)
+        accounted_listed = [path for path, _ in listing if path in accounted]
+        listing = [(path, length) for path, length in listing if path not in accounted]
+        # The files themselves, not their folders: accounted files are not read at all.
+        to_read = [path for path, length in listing if 0 < length <= images.MAX_FILE_BYTES]
+    else:
+        to_read = existing
+    checked = _read_files(spark, to_read).mapInPandas(_check_batches(input_roots, max_side), schema=CHECKED)
     checked = checked.persist()  # both outputs below come from it: decode once
 
     valid = checked.filter(F.col("reason").isNull())
@@ -208,7 +268,7 @@ def _run(spark: SparkSession, input: str, output: str, rejected: str, run_date: 
     invalid = checked.filter(F.col("reason").isNotNull()).select(
         "image_id", "path", "label", "size_bytes", "reason", "detail"
     )
-    rejects = invalid.unionByName(duplicates).unionByName(_unreadable_files(spark, input, input_root))
+    rejects = invalid.unionByName(duplicates).unionByName(_unreadable_files(spark, listing, input_roots))
 
     # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date.
     clean_schema = schemas.without_partition(schemas.CLEAN)
@@ -232,14 +292,30 @@ def _run(spark: SparkSession, input: str, output: str, rejected: str, run_date: 
     written = spark.read.schema(clean_schema).parquet(storage.join(output, partition))
     rejected_rows = spark.read.schema(rejected_schema).parquet(storage.join(rejected, partition))
     by_reason = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
+    new_files = {root: sum(1 for path, _ in listing if _label_root(path, input_roots) == root) for root in input_roots}
     summary = {
         "run_date": run_date.isoformat(),
         "kept": written.count(),
         "rejected": sum(by_reason.values()),
         "rejected_by_reason": by_reason,
+        "skipped_accounted": len(accounted_listed),
+        "inputs": [{"input": root, "new_files": n} for root, n in new_files.items()],
+        # The upload days this run covered: the dated input folders in which it found files to process.
+        "upload_days": sorted(_day_of(root) for root, n in new_files.items() if n and _day_of(root)),
     }
+    # Beside the partition's data ('_': Parquet readers skip it), for the report.
+    storage.write_text(spark, storage.join(output, partition, RUN_FILE), json.dumps(summary, indent=2))
     log.info("clean %s: %s", partition, summary)
     return summary
+
+
+def _day_of(folder: str) -> str | None:
+    """``YYYY-MM-DD`` when a folder's name is a date (``uploads/2026-05-01``), else None."""
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        return dt.date.fromisoformat(name).isoformat()
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

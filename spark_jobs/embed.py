@@ -1,6 +1,6 @@
 """embed: MobileNetV2 transfer learning, 1,280 features per image.
 
-    spark-submit --py-files fruits_common.zip embed.py \
+    spark-submit embed.py \
         --input URI --output URI --weights WEIGHTS [--batch-size N] [--engine onnx|keras]
 
 Reads the clean dataset, embeds only the ``image_id``s not yet in ``<output>`` (incremental), and appends
@@ -12,6 +12,7 @@ path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -156,6 +157,10 @@ def run(
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
 
+    # What this run adds, written before the rows (the DAG reads it once the fresh _SUCCESS marker is there).
+    ingest_dates = sorted(str(r[0]) for r in new.select(schemas.PARTITION_COLUMN).distinct().collect())
+    run_summary = {"embedded": todo, "ingest_dates": ingest_dates, "engine": engine}
+    storage.write_text(spark, storage.join(output, "_summary.json"), json.dumps(run_summary, indent=2))
     with tempfile.TemporaryDirectory(prefix="fruits-embed-") as scratch:
         model_name = _ship_model(spark, weights, engine, Path(scratch))
         embedded = new.repartition(partitions, "image_id").mapInPandas(

@@ -1,12 +1,12 @@
 """report: the run's numbers and plots, for people who would rather not read Parquet.
 
-    spark-submit --py-files fruits_common.zip report.py \
-        --clean URI --rejected URI --pca URI --output URI --run-date YYYY-MM-DD
+    spark-submit report.py --clean URI --rejected URI --pca URI --output URI --run-date YYYY-MM-DD
 
-Writes ``<output>/report.json`` (images read, kept, rejected by reason, duplicates, rows per label, k,
-explained variance) and three PNG plots: ``explained_variance.png`` (cumulative curve with the chosen
-k), ``pca_scatter.png`` (first two components coloured by label) and ``images_per_label.png``.
-Writes ``<output>/_SUCCESS`` last.
+Writes ``<output>/report.json`` (images read, kept, rejected by reason, duplicates, rows per label, k, explained
+variance, the upload days the run covered, the PCA version, whether this run refitted it and the drift) and
+three PNG plots:
+``explained_variance.png`` (cumulative curve with the chosen k), ``pca_scatter.png`` (first two components of the
+current version, coloured by label) and ``images_per_label.png``. Writes ``<output>/_SUCCESS`` last.
 """
 
 from __future__ import annotations
@@ -117,14 +117,24 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str, r
     kept = _partition(spark, clean, schemas.CLEAN, run_date)
     rejects = _partition(spark, rejected, schemas.REJECTED, run_date)
     summary = json.loads(storage.read_text(spark, storage.join(pca, schemas.PCA_SUMMARY_FILE)))
-    final = spark.read.schema(schemas.PCA).parquet(pca)
+    # The final dataset is the current version's rows (the summary names the version this run used).
+    final = (
+        spark.read.schema(schemas.PCA)
+        .option("basePath", pca)
+        .parquet(storage.join(pca, f"{schemas.VERSION_COLUMN}={summary['version']}"))
+    )
 
+    # What clean read (written beside its partition; absent for partitions written before it was).
+    clean_run_file = storage.join(clean, f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}", "_run.json")
+    clean_run = json.loads(storage.read_text(spark, clean_run_file)) if storage.exists(spark, clean_run_file) else {}
     kept_count = kept.count()
     by_reason = _count_by(rejects, "reason")
     rows_per_label = _count_by(final, "label")
     report = {
         "run_date": run_date.isoformat(),
         "images_read": kept_count + sum(by_reason.values()),
+        "upload_days": clean_run.get("upload_days", []),
+        "skipped_already_processed": clean_run.get("skipped_accounted", 0),
         "kept": kept_count,
         "rejected": sum(by_reason.values()),
         "rejected_by_reason": by_reason,
@@ -133,8 +143,12 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str, r
         "final_rows": sum(rows_per_label.values()),
         "rows_per_label": rows_per_label,
         "k": summary["k"],
+        "pca_version": summary["version"],
+        "pca_refitted": summary["refitted"],
+        "pca_refit_reason": summary["refit_reason"],
+        "pca_drift": summary["drift"],
+        "pca_rows_projected": summary["rows_projected"],
         "pca_model": summary["model"],
-        "pca_model_mode": summary["model_mode"],
         "variance_target": summary["variance_target"],
         "explained_variance": summary["explained_variance"],
         "cumulative_explained_variance": summary["cumulative_explained_variance"],

@@ -8,8 +8,9 @@ import struct
 import zlib
 from pathlib import Path
 
-import phone_photos
 from PIL import Image
+
+import phone_photos
 
 # file name -> the reason the clean job must give
 EXPECTED_REASONS = {

@@ -8,6 +8,7 @@ The picture a person sees (the upright image) is the same whichever way it is st
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -28,10 +29,16 @@ def upright_picture(source: Path, size: tuple[int, int] = PHONE_SIZE, seed: int 
     """The upright picture: ``source`` upscaled (bicubic) to ``size`` with Gaussian sensor noise (sigma in grey
     levels), so that it compresses like a photo rather than like a flat upscale."""
     picture = Image.open(source).convert("RGB").resize(size, Image.BICUBIC)
-    rng = np.random.default_rng(seed)
-    pixels = np.asarray(picture, dtype=np.int16)
-    pixels = pixels + rng.normal(0.0, noise, size=pixels.shape).astype(np.int16)
+    # One noise field per size and sigma, shifted per seed: drawing 36 M normal values per photo would dominate.
+    grain = np.roll(_noise(size, noise), seed * 7919)
+    pixels = np.asarray(picture, dtype=np.int16) + grain
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+@functools.lru_cache(maxsize=2)
+def _noise(size: tuple[int, int], sigma: float) -> np.ndarray:
+    rng = np.random.default_rng(360)
+    return rng.normal(0.0, sigma, size=(size[1], size[0], 3)).astype(np.int16)
 
 
 def _exif(orientation: int) -> Image.Exif:

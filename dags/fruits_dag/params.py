@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from airflow.sdk import Param
 
 Mode = Literal["incremental", "full"]
+Refit = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RunParams:
     mode: Mode = "incremental"
     pca_k: int | None = None
     pca_variance: float = 0.95
-    reuse_pca_model: bool = False
+    pca_refit: Refit = "auto"
     core_instance_count: int = 2
     core_instance_type: str = "m5.xlarge"
 
@@ -70,12 +71,14 @@ def dag_params() -> dict[str, Param]:
             title="PCA explained variance",
             description_md="Fraction of variance to keep when `pca_k` is empty.",
         ),
-        "reuse_pca_model": Param(
-            default.reuse_pca_model,
-            type="boolean",
-            title="Reuse the saved PCA model",
-            description_md="Project with the model in `models/pca/` instead of fitting a new one, so today's "
-            "features share the basis of earlier runs.",
+        "pca_refit": Param(
+            default.pca_refit,
+            enum=list(get_args(Refit)),
+            title="PCA refit",
+            description_md="`auto`: fit a new PCA basis only when there is none or the current one has drifted "
+            "(Variable `fruits_pca_drift_threshold`); `always`: fit a new version now; `never`: project onto the "
+            "current version whatever the drift. Every other run projects only its new images onto the current "
+            "version.",
         ),
         "core_instance_count": Param(
             default.core_instance_count,

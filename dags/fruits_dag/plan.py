@@ -13,8 +13,8 @@ Storage layout (under ``s3://<bucket>/`` or the local root)::
     stages/clean/ingest_date=YYYY-MM-DD/     valid images          (clean.py)
     stages/rejected/ingest_date=YYYY-MM-DD/  rejected files        (clean.py)
     stages/embed/            MobileNetV2 features, appended        (embed.py)
-    stages/pca/              the final features, replaced          (pca.py)
-    models/pca/              the Spark ML PCA model                (pca.py)
+    stages/pca/pca_version=vNNNN/  the final features, one folder per PCA basis version   (pca.py)
+    models/pca/CURRENT, vNNNN/     the PCA model versions and the pointer to the current one (pca.py)
     reports/YYYY-MM-DD/      report.json and plots of the run      (report.py)
     logs/emr/                EMR cluster and step logs (EMR only)
 """
@@ -80,6 +80,7 @@ class JobRun:
     py_files: str
     args: list[str]
     markers: list[str]  # the _SUCCESS files the job writes last
+    summary: str = ""  # the JSON file where the job says what it did (read for the asset event's extras)
 
     def submit_args(self) -> list[str]:
         """The part of the spark-submit command line both backends share."""
@@ -108,6 +109,7 @@ class RunPlan:
         for job in self.jobs:
             values[f"{job.name}_job"] = asdict(job)
             values[f"{job.name}_markers"] = job.markers
+            values[f"{job.name}_summary"] = job.summary
         return values
 
 
@@ -138,24 +140,36 @@ def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bund
     partition = f"ingest_date={day_iso}"
 
     source = _input_root(settings, layout, params.input_uri)
-    clean_input = source if params.mode == "full" else f"{source}/{day_iso}"
+    if params.mode == "full":
+        clean_inputs, window = [source], []
+    else:
+        # The lookback window: this day and the days before it. Files an earlier run accounted for are skipped,
+        # so missed days and late uploads are processed by the next run, exactly once.
+        first = day - dt.timedelta(days=settings.lookback_days - 1)
+        clean_inputs = [f"{source}/{first + dt.timedelta(days=n)}" for n in range(settings.lookback_days)]
+        window = ["--skip-accounted-since", first.isoformat()]
     clean, rejected, embed, pca = (layout.stage(n) for n in ("clean", "rejected", "embed", "pca"))
     report = layout.report(day)
     weights = f"{code}/{bundle.weights_name}" if bundle.weights_name else settings.weights
     size = ["--k", str(params.pca_k)] if params.pca_k is not None else ["--variance", repr(params.pca_variance)]
 
-    def job(name: str, args: list[str], markers: list[str]) -> JobRun:
-        return JobRun(
-            name=name, script=f"{code}/{name}.py", py_files=f"{code}/{SHARED_ZIP}", args=args, markers=markers
-        )
+    def job(name: str, args: list[str], markers: list[str], summary: str) -> JobRun:
+        script, py_files = f"{code}/{name}.py", f"{code}/{SHARED_ZIP}"
+        return JobRun(name=name, script=script, py_files=py_files, args=args, markers=markers, summary=summary)
 
     jobs = [
         job(
             "clean",
-            ["--input", clean_input, "--output", clean, "--rejected", rejected, "--run-date", day_iso],
+            ["--input", *clean_inputs, "--output", clean, "--rejected", rejected, "--run-date", day_iso, *window],
             [f"{clean}/{partition}/{SUCCESS}", f"{rejected}/{partition}/{SUCCESS}"],
+            f"{clean}/{partition}/_run.json",
         ),
-        job("embed", ["--input", clean, "--output", embed, "--weights", weights], [f"{embed}/{SUCCESS}"]),
+        job(
+            "embed",
+            ["--input", clean, "--output", embed, "--weights", weights],
+            [f"{embed}/{SUCCESS}"],
+            f"{embed}/_summary.json",
+        ),
         job(
             "pca",
             [
@@ -166,20 +180,30 @@ def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bund
                 "--model",
                 layout.pca_model(),
                 *size,
-                *(["--reuse-model"] if params.reuse_pca_model else []),
+                "--refit",
+                params.pca_refit,
+                "--drift-threshold",
+                repr(settings.pca_drift_threshold),
+                "--keep-versions",
+                str(settings.pca_keep_versions),
+                "--run-date",
+                day_iso,
             ],
             [f"{pca}/{SUCCESS}"],
+            f"{pca}/_summary.json",
         ),
         job(
             "report",
             ["--clean", clean, "--rejected", rejected, "--pca", pca, "--output", report, "--run-date", day_iso],
             [f"{report}/{SUCCESS}"],
+            f"{report}/report.json",
         ),
     ]
     return RunPlan(
         run_date=day,
         code_uri=code,
         # fnmatch's '*' also matches '/': any file at any depth under the folder counts.
-        uploads_pattern=f"{clean_input}/*",
+        # A run starts when its own day has uploads (it then reads the whole window); full mode: anything.
+        uploads_pattern=f"{source}/*" if params.mode == "full" else f"{source}/{day_iso}/*",
         jobs=jobs,
     )

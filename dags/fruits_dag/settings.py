@@ -77,6 +77,26 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"must be between 0 and 1 (exclusive), got {number}")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
 @dataclass(frozen=True)
 class Setting:
     """One Airflow Variable the pipeline reads.
@@ -143,6 +163,26 @@ SETTINGS: tuple[Setting, ...] = (
         "only, used as is), or `imagenet` (Keras downloads them: needs internet on the nodes).",
     ),
     Setting(
+        "fruits_lookback_days",
+        _count,
+        3,
+        "Upload days a nightly run reads: its own and the days before it. Files an earlier run kept or rejected are "
+        "skipped, so uploads of missed nights and late uploads are processed by the next run, exactly once.",
+    ),
+    Setting(
+        "fruits_pca_drift_threshold",
+        _fraction,
+        0.05,
+        "With `pca_refit=auto`, a new PCA basis is fitted when the share of a night's variance that the current "
+        "basis captures falls more than this below the share it captured at fit time.",
+    ),
+    Setting(
+        "fruits_pca_keep_versions",
+        _count,
+        3,
+        "PCA versions kept (model and projected rows) after a refit; older ones are deleted.",
+    ),
+    Setting(
         "fruits_jobs_dir",
         _path,
         DEFAULT_JOBS_DIR,
@@ -188,6 +228,9 @@ class Settings:
     poke_interval: int
     sensor_timeout: int
     weights: str
+    lookback_days: int
+    pca_drift_threshold: float
+    pca_keep_versions: int
     jobs_dir: Path
     emr_release: str
     emr_service_role: str

@@ -59,18 +59,21 @@ EMBED = StructType(
     ]
 )
 
-# stages/pca/: the product's output, the PCA projection of the features.
+# stages/pca/pca_version=vNNNN/ingest_date=YYYY-MM-DD/: the product's output, the features projected onto one
+# version of the PCA basis (models/pca/CURRENT names the version to read).
+VERSION_COLUMN = "pca_version"
 PCA = StructType(
     [
         StructField("image_id", StringType(), False),
         StructField("path", StringType(), False),
         StructField("label", StringType(), True),
         StructField("pca", ArrayType(FloatType(), False), False),
+        StructField(VERSION_COLUMN, StringType(), False),
         StructField(PARTITION_COLUMN, DateType(), False),
     ]
 )
 
 
 def without_partition(schema: StructType) -> StructType:
-    """The schema of the files inside one partition folder (the partition value lives in the path)."""
-    return StructType([f for f in schema.fields if f.name != PARTITION_COLUMN])
+    """The schema of the files inside one partition folder (the partition values live in the path)."""
+    return StructType([f for f in schema.fields if f.name not in (PARTITION_COLUMN, VERSION_COLUMN)])

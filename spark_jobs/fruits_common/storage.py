@@ -6,7 +6,10 @@ JSON/PNG files next to their outputs, with the same credentials and connectors a
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -98,6 +101,56 @@ def copy_from_local(spark: SparkSession, local_path, uri: str) -> None:
     fs, path = _hadoop_path(spark, uri)
     jvm = spark.sparkContext._jvm
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(str(local_path)), path)
+
+
+def list_partitions(spark: SparkSession, uri: str, column: str) -> list[str]:
+    """The values of the ``column=value`` folders directly under ``uri`` (sorted; none when it does not exist).
+
+    A partition folder counts only when it holds a Parquet file: an empty folder left by a job that failed before
+    writing anything is not a partition.
+    """
+    fs, path = _hadoop_path(spark, uri)
+    if not fs.exists(path):
+        return []
+    values = []
+    for status in fs.listStatus(path):
+        name = status.getPath().getName()
+        if status.isDirectory() and name.startswith(f"{column}="):
+            files = [f.getPath().getName() for f in fs.listStatus(status.getPath())]
+            if any(f.endswith(".parquet") for f in files):
+                values.append(name.split("=", 1)[1])
+    return sorted(values)
+
+
+def list_folders(spark: SparkSession, uri: str) -> list[str]:
+    """The names of the folders directly under ``uri`` (sorted; none when it does not exist)."""
+    fs, path = _hadoop_path(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(s.getPath().getName() for s in fs.listStatus(path) if s.isDirectory())
+
+
+def delete(spark: SparkSession, uri: str) -> bool:
+    """Delete a file or a folder (recursively); returns whether anything was there."""
+    fs, path = _hadoop_path(spark, uri)
+    return bool(fs.delete(path, True))
+
+
+def replace_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Replace a small text file so that a reader sees the old content or the new one, never a mix or nothing.
+
+    On a local disk: write a hidden file beside it, then rename it over (POSIX rename is atomic). On an object
+    store (S3), a PUT is atomic already: the object is replaced whole when the upload completes.
+    """
+    fs, path = _hadoop_path(spark, uri)
+    if fs.getUri().getScheme() == "file":
+        local = Path(fs.pathToFile(path).getPath())
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.{uuid.uuid4().hex}.partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, local)
+    else:
+        write_text(spark, uri, text)
 
 
 def join(base: str, *parts: str) -> str:

@@ -27,7 +27,14 @@ from repo import AIRFLOW, DAG_ID, REPO_ROOT, airflow_env  # noqa: F401  (REPO_RO
 # Airflow reads its configuration when first imported: point it at a private home before any test imports it.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fruits-dag-tests-"))
 atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
-AIRFLOW_ENV = airflow_env(AIRFLOW_HOME)
+# The DAG folder of the tests: the repository's DAG and its package (linked), and a consumer DAG scheduled on the
+# pipeline's PCA asset, as another team's DAG would be.
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+DAGS_FOLDER.mkdir()
+for _name in ("fruits_pipeline.py", "fruits_dag", ".airflowignore"):
+    (DAGS_FOLDER / _name).symlink_to(REPO_ROOT / "dags" / _name)
+shutil.copy(Path(__file__).with_name("consumer") / "fruits_pca_consumer.py", DAGS_FOLDER)
+AIRFLOW_ENV = airflow_env(AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER))
 os.environ.update(AIRFLOW_ENV)
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the moto server's access log
 

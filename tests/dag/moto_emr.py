@@ -13,7 +13,11 @@ so that, each time a client looks at a cluster's steps (``DescribeStep``, ``List
 * a step named in :attr:`EmrEmulator.silent_steps` COMPLETES without writing its markers (a job that exits 0
   having written nothing).
 
-It also records every ``RunJobFlow`` request as sent, for assertions on what stock moto drops.
+It also records every ``RunJobFlow`` request as sent, for assertions on what stock moto drops, and every EMR call
+with the HTTP status it got (:attr:`EmrEmulator.calls`). :meth:`EmrEmulator.fail_next` makes the next calls of an
+action answer an AWS error, optionally after carrying the call out (AWS did the work, the client sees an error: with
+a 5xx botocore sends the call again by itself).
+
 Nothing in the DAG knows about this: it talks to moto over HTTP as it would to AWS.
 """
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from moto.emr import models as emr_models
@@ -33,6 +39,21 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED"}
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An AWS error answered to one EMR call; ``carry_out``: the call is carried out first."""
+
+    status: int = 400
+    # EMR's InternalServerException is a 400 that botocore does not retry; InternalServerError is its 500.
+    code: str = "InternalServerException"
+    carry_out: bool = False
+
+    def response(self, action: str) -> tuple[int, dict[str, str], str]:
+        """The error as moto's ``call_action`` returns a response: (status, headers, JSON body)."""
+        body = {"__type": self.code, "message": f"injected by the test: {action} answered {self.status}"}
+        return self.status, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(body)
 
 
 def job_markers(args: list[str]) -> list[str]:
@@ -55,6 +76,9 @@ class EmrEmulator:
         self.fail_steps: set[str] = set()
         self.silent_steps: set[str] = set()
         self.run_job_flow_requests: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, int]] = []
+        self._faults: dict[str, list[Fault]] = {}
+        self._after: dict[str, list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
         self._originals: dict[tuple[type, str], Any] = {}
 
@@ -85,7 +109,51 @@ class EmrEmulator:
 
         self._originals[(response, "run_job_flow")] = original_run_job_flow
         response.run_job_flow = run_job_flow
+
+        original_call_action = response.call_action
+
+        def call_action(self: Any) -> Any:
+            action = self._get_action()
+            with emulator._lock:
+                queue = emulator._faults.get(action) or []
+                fault = queue.pop(0) if queue else None
+            if fault is not None and not fault.carry_out:
+                result = fault.response(action)
+            else:
+                result = original_call_action(self)
+                for callback in emulator._after.pop(action, []):
+                    callback()
+                if fault is not None:
+                    result = fault.response(action)
+            emulator.calls.append((action, int(result[0])))
+            return result
+
+        self._originals[(response, "call_action")] = original_call_action
+        response.call_action = call_action
         return self
+
+    def fail_next(
+        self,
+        action: str,
+        times: int = 1,
+        *,
+        status: int = 400,
+        code: str = "InternalServerException",
+        carry_out: bool = False,
+    ) -> None:
+        """The next ``times`` calls of ``action`` (``RunJobFlow``, ``ListClusters``...) answer an AWS error;
+        with ``carry_out`` each is carried out first (a cluster made, a step added) and answered with the error."""
+        with self._lock:
+            self._faults.setdefault(action, []).extend([Fault(status, code, carry_out)] * times)
+
+    def after(self, action: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the server's thread) once, right after the next call of ``action`` is carried out."""
+        with self._lock:
+            self._after.setdefault(action, []).append(callback)
+
+    def statuses(self, action: str) -> list[int]:
+        """The HTTP statuses the calls of ``action`` got, in order."""
+        return [status for name, status in self.calls if name == action]
 
     def __exit__(self, *exc: Any) -> None:
         for (cls, name), original in self._originals.items():

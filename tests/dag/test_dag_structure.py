@@ -135,7 +135,7 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         "mode": "incremental",
         "pca_k": None,
         "pca_variance": 0.95,
-        "reuse_pca_model": False,
+        "pca_refit": "auto",
         "core_instance_count": 2,
         "core_instance_type": "m5.xlarge",
     }
@@ -145,7 +145,7 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         ("pca_variance", 1.5),
         ("core_instance_count", "two"),
         ("core_instance_type", "big one"),
-        ("reuse_pca_model", "yes"),
+        ("pca_refit", "sometimes"),
         ("input_uri", ""),
     ]:
         params = copy.deepcopy(emr_dag.params)

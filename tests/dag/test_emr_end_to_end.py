@@ -149,7 +149,9 @@ def test_happy_path_steps_in_order_with_staged_scripts(happy_run, boto):
         _, script, args = split_spark_submit(config["Args"])
         parse_with_job(script, args)  # what EMR received is what the job accepts
     clean_args = steps[0]["Config"]["Args"]
-    assert clean_args[clean_args.index("--input") + 1] == f"s3://{BUCKET}/uploads/{DATE}"
+    # The lookback window of uploads folders ends with the run date's.
+    clean_inputs = clean_args[clean_args.index("--input") + 1 : clean_args.index("--output")]
+    assert clean_inputs[-1] == f"s3://{BUCKET}/uploads/{DATE}"
     embed_args = steps[1]["Config"]["Args"]
     assert embed_args[embed_args.index("--weights") + 1] == f"s3://{BUCKET}/{code}/mobilenet_v2_test_weights.h5"
     pca_args = steps[2]["Config"]["Args"]

@@ -21,7 +21,7 @@ DAY = dt.date(2026, 5, 1)
 BUNDLE = Bundle(files=(), digest="0123456789abcdef", weights_name="mobilenet_v2_no_top.h5")
 PARAMS = [
     RunParams(),
-    RunParams(mode="full", input_uri="datasets/fruits-360", pca_k=50, reuse_pca_model=True),
+    RunParams(mode="full", input_uri="datasets/fruits-360", pca_k=50, pca_refit="always"),
     RunParams(pca_variance=0.8, core_instance_count=5),
 ]
 
@@ -48,17 +48,22 @@ def test_every_emr_step_parses_with_its_jobs_parser(params):
         parsed = parse_with_job(script, args)
         if step["Name"] == "clean":
             assert parsed.run_date == DAY
+            window = ["2026-04-29", "2026-04-30", "2026-05-01"]  # the lookback window (3 days by default)
             expected_input = (
-                "s3://fruits-prod/datasets/fruits-360" if params.mode == "full" else f"s3://fruits-prod/uploads/{DAY}"
+                ["s3://fruits-prod/datasets/fruits-360"]
+                if params.mode == "full"
+                else [f"s3://fruits-prod/uploads/{day}" for day in window]
             )
             assert parsed.input == expected_input
+            assert parsed.skip_accounted_since == (None if params.mode == "full" else dt.date(2026, 4, 29))
         if step["Name"] == "embed":
             assert parsed.weights == f"s3://fruits-prod/code/{BUNDLE.digest}/mobilenet_v2_no_top.h5"
         if step["Name"] == "pca":
-            assert (parsed.k, parsed.variance, parsed.reuse_model) == (
+            assert (parsed.k, parsed.variance, parsed.refit, parsed.run_date) == (
                 params.pca_k,
                 None if params.pca_k else params.pca_variance,
-                params.reuse_pca_model,
+                params.pca_refit,
+                DAY,
             )
         if step["Name"] == "report":
             assert parsed.run_date == DAY and parsed.output == f"s3://fruits-prod/reports/{DAY}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from airflow.sdk.exceptions import AirflowException
 
 import report as report_job
 from bad_images import EXPECTED_REASONS, write_bad_files
-from dag_harness import dags_test
+from dag_harness import AIRFLOW, AIRFLOW_HOME, clean_env, dags_test
 from fruits_dag.backends.local import LocalSparkJobOperator
 from fruits_dag.bundle import zip_package
 from fruits_dag.plan import JobRun
@@ -87,11 +89,12 @@ def test_bulk_load_writes_every_stage(first_run, root):
     by_name = {Path(r["path"]).name: r["reason"] for r in rejected}
     assert by_name == {**EXPECTED_REASONS, "copy.jpg": "duplicate"}
     assert rows(root / "stages" / "embed") == kept
-    pca = pq.read_table(root / "stages" / "pca")
+    pca = pq.read_table(root / "stages" / "pca" / "pca_version=v0001")
     assert pca.num_rows == kept and len(pca.column("pca")[0]) >= 2
     summary = json.loads((root / "stages" / "pca" / "_summary.json").read_text())
     assert summary["cumulative_explained_variance"][-1] >= 0.9
-    assert (root / "models" / "pca" / "metadata").is_dir()
+    assert (root / "models" / "pca" / "v0001" / "model" / "metadata").is_dir()
+    assert json.loads((root / "models" / "pca" / "CURRENT").read_text())["version"] == "v0001"
 
     report_dir = root / "reports" / DAY1
     report = json.loads((report_dir / "report.json").read_text())
@@ -101,6 +104,41 @@ def test_bulk_load_writes_every_stage(first_run, root):
     )
     for plot in report_job.PLOTS:
         assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def asset_events(run_id: str) -> dict[str, dict]:
+    """The asset events a run emitted: asset name -> extra."""
+    with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE e.source_run_id = ?",
+            (run_id,),
+        ).fetchall()
+    return {name: json.loads(extra) for name, extra in rows}
+
+
+def test_the_run_publishes_its_outputs_as_assets_and_triggers_their_consumers(first_run, root, env):
+    events = asset_events(first_run.run_id)
+    assert set(events) == {"fruits_clean", "fruits_features", "fruits_pca", "fruits_report"}
+    kept = 8 * PER_LABEL
+    assert events["fruits_clean"] == {**events["fruits_clean"], "run_date": DAY1, "rows_added": kept}
+    assert events["fruits_features"] == {"run_date": DAY1, "rows_added": kept}
+    assert events["fruits_pca"] == {**events["fruits_pca"], "run_date": DAY1, "rows_added": kept,
+                                    "pca_version": "v0001", "refitted": True}  # fmt: skip
+    # The consumer DAG scheduled on fruits_pca (tests/dag/consumer/) is queued, then started by the scheduler.
+    with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
+        queued = db.execute("SELECT target_dag_id FROM asset_dag_run_queue").fetchall()
+    assert ("fruits_pca_consumer",) in queued
+    subprocess.run([AIRFLOW, "scheduler", "--num-runs", "3"], env=clean_env(env), capture_output=True, timeout=180)
+    with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
+        runs = db.execute("SELECT run_type, id FROM dag_run WHERE dag_id = 'fruits_pca_consumer'").fetchall()
+        assert [r[0] for r in runs] == ["asset_triggered"]
+        consumed = db.execute(
+            "SELECT e.source_run_id, e.extra FROM dagrun_asset_event d JOIN asset_event e ON e.id = d.event_id "
+            "WHERE d.dag_run_id = ?",
+            (runs[0][1],),
+        ).fetchall()
+    # The run was triggered by this pipeline run's PCA event, and gets its extras.
+    assert events["fruits_pca"] in [json.loads(extra) for run_id, extra in consumed if run_id == first_run.run_id]
 
 
 def test_local_steps_log_the_jobs_output(first_run, root):
@@ -119,11 +157,59 @@ def test_next_night_processes_only_the_new_uploads(second_run, root):
     assert (Path(again["path"]).name, again["reason"]) == ("again.jpg", "duplicate")
     assert rows(root / "stages" / "embed" / f"ingest_date={DAY2}") == new
     assert rows(root / "stages" / "embed") == 8 * PER_LABEL + new
-    assert rows(root / "stages" / "pca") == 8 * PER_LABEL + new
+    assert rows(root / "stages" / "pca" / "pca_version=v0001") == 8 * PER_LABEL + new  # appended, same basis
     assert json.loads((root / "reports" / DAY2 / "report.json").read_text())["kept"] == new
     # The same code: nothing staged again.
     assert "nothing uploaded" in second_run.log("stage_code")
     assert len(list((root / "code").iterdir())) == 1
+
+
+@pytest.fixture(scope="module")
+def missed_nights(second_run, root, env, sample_dir):
+    """Uploads on DAY3, DAY4 and DAY5 and no run before DAY5's; then a late photo for DAY4 and DAY6's uploads."""
+    days = ["2026-05-03", "2026-05-04", "2026-05-05", "2026-05-06"]
+    picked = iter(sample_files(sample_dir, "Test", per_label=None)[100::37])  # images no earlier night uploaded
+
+    def upload(day: str, name: str | None = None) -> None:
+        image = next(picked)
+        folder = root / "uploads" / day
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / (name or f"{image.parent.name.replace(' ', '_')}_{image.name}"))
+
+    for day in days[:3]:
+        for _ in range(3):
+            upload(day)
+    third = dags_test(days[2], env)
+    upload(days[1], "late.jpg")
+    upload(days[3])
+    fourth = dags_test(days[3], env)
+    clean_before = pq.read_table(root / "stages" / "clean").num_rows
+    again = dags_test(days[3], env)
+    return days, third, fourth, again, clean_before
+
+
+def report_of(root: Path, day: str) -> dict:
+    return json.loads((root / "reports" / day / "report.json").read_text())
+
+
+def test_missed_nights_and_late_uploads_are_processed_once(missed_nights, root):
+    days, third, fourth, again, clean_before = missed_nights
+    for result in (third, fourth, again):
+        assert set(result.states.values()) == {"success"}, result.explain()
+    # The third night's run covers the two nights that had no run.
+    third_report = report_of(root, days[2])
+    assert third_report["upload_days"] == days[:3] and third_report["kept"] == 9
+    # The next night picks up the photo that arrived late for an already processed day, and only it.
+    fourth_report = report_of(root, days[3])
+    assert fourth_report["upload_days"] == [days[1], days[3]] and fourth_report["kept"] == 2
+    assert fourth_report["skipped_already_processed"] == 6  # the window's files kept by the third night
+    # Re-running a night adds nothing, anywhere.
+    assert report_of(root, days[3])["kept"] == 2
+    assert pq.read_table(root / "stages" / "clean").num_rows == clean_before
+    features = pq.read_table(root / "stages" / "embed").column("image_id").to_pylist()
+    assert len(features) == len(set(features))
+    projected = pq.read_table(root / "stages" / "pca" / "pca_version=v0001").column("image_id").to_pylist()
+    assert sorted(projected) == sorted(features)
 
 
 def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):

@@ -124,3 +124,38 @@ def test_command_line_rejects_bad_run_date():
         clean.build_parser().parse_args(
             ["--input", "a", "--output", "b", "--rejected", "c", "--run-date", "24/11/2026"]
         )
+
+
+def test_a_lookback_window_processes_missed_days_and_late_files_exactly_once(spark, tmp_path, sample_dir):
+    """Nights read a window of upload days; what an earlier night accounted for is skipped, with no new row."""
+    uploads, out, rejected = tmp_path / "uploads", tmp_path / "clean", tmp_path / "rejected"
+    days = [RUN_DATE + dt.timedelta(days=n) for n in range(4)]
+    for n, day in enumerate(days[:3]):
+        copy_images(sample_dir, uploads / day.isoformat(), per_label=1, splits=("Test",), skip=10 * n)
+
+    def night(day: dt.date) -> dict:
+        window = [day - dt.timedelta(days=n) for n in (2, 1, 0)]
+        inputs = [str(uploads / d.isoformat()) for d in window]
+        return clean.run(spark, inputs, str(out), str(rejected), day, skip_accounted_since=window[0])
+
+    # No run on the first two days: the third night processes all three days' uploads.
+    third = night(days[2])
+    assert (third["kept"], third["rejected"], third["skipped_accounted"]) == (24, 0, 0)
+    assert third["upload_days"] == [d.isoformat() for d in days[:3]]
+    # A late upload into an already processed day, and the next day's uploads: only they are processed.
+    late = uploads / days[1].isoformat() / "late" / "IMG_late.jpg"
+    late.parent.mkdir()
+    shutil.copy(sorted((sample_dir / "Test" / "Kiwi").glob("*.jpg"))[90], late)
+    copy_images(sample_dir, uploads / days[3].isoformat(), per_label=1, splits=("Test",), skip=50)
+    fourth = night(days[3])
+    assert (fourth["kept"], fourth["rejected"]) == (9, 0)  # 8 new + the late one
+    assert fourth["skipped_accounted"] == 16  # days 2 and 3 of the window, already kept on the third night
+    assert fourth["upload_days"] == [days[1].isoformat(), days[3].isoformat()]
+    late_row = spark.read.parquet(str(out)).filter(F.col("path").endswith("/late/IMG_late.jpg")).collect()
+    assert [r["ingest_date"] for r in late_row] == [days[3]]
+    # Re-running a night gives the same rows and adds nothing.
+    before = _rows(spark, out, ("image_id", "path", "ingest_date"))
+    again = night(days[3])
+    assert (again["kept"], again["rejected"]) == (9, 0)
+    assert _rows(spark, out, ("image_id", "path", "ingest_date")) == before
+    assert spark.read.parquet(str(rejected)).count() == 0  # skipped files left no rejection row

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import phone_photos
 import pytest
 from PIL import Image
 
 import bad_images
+import phone_photos
 from fruits_common import images
 
 

@@ -1,4 +1,5 @@
-"""pca: the variance target, a reusable model, and features that still separate the fruits."""
+"""pca on the real sample: the variance target, the fit equals NumPy's PCA (from rows or from stored moments), and
+features that still separate the fruits. Versions, nights and refits: test_job_pca_versions.py."""
 
 from __future__ import annotations
 
@@ -15,22 +16,37 @@ from fruits_common.covariance import Moments, column_moments
 from fruits_common.errors import JobError
 
 
-def _projections(spark, path) -> dict[str, np.ndarray]:
-    return {r["image_id"]: np.array(r["pca"]) for r in spark.read.parquet(path).collect()}
+def _projections(spark, path, version: str = "v0001") -> dict[str, np.ndarray]:
+    rows = spark.read.parquet(f"{path}/pca_version={version}").collect()
+    return {r["image_id"]: np.array(r["pca"]) for r in rows}
+
+
+def _model(path, version: str = "v0001") -> PCAModel:
+    return PCAModel.load(f"{path}/{version}/model")
 
 
 def test_variance_target_picks_the_smallest_k(full_run, spark):
     summary = json.loads((full_run.root / "pca" / "_summary.json").read_text())
     cumulative = summary["cumulative_explained_variance"]
     k = summary["k"]
-    assert summary == {**summary, "rows": 4800, "model_mode": "fitted", "variance_target": 0.9}
+    assert summary == {
+        **summary,
+        "version": "v0001",
+        "refitted": True,
+        "refit_reason": "no_model",
+        "rows_projected": 4800,
+        "fitted_rows": 4800,
+        "variance_target": 0.9,
+    }
     assert len(cumulative) == len(summary["explained_variance"]) == k
     assert cumulative[-1] >= 0.9 > cumulative[-2]  # reached at k, not before
     assert 2 <= k < 1280
     output = spark.read.parquet(full_run.paths["pca"])
-    assert output.schema.fieldNames() == ["image_id", "path", "label", "pca", "ingest_date"]
+    assert output.schema.fieldNames() == ["image_id", "path", "label", "pca", "pca_version", "ingest_date"]
     assert output.count() == 4800 and output.filter(F.size("pca") != k).count() == 0
-    assert PCAModel.load(full_run.paths["model"]).pc.numCols == k
+    assert {r["pca_version"] for r in output.select("pca_version").distinct().collect()} == {"v0001"}
+    assert _model(full_run.paths["model"]).pc.numCols == k
+    assert json.loads((full_run.root / "model" / "CURRENT").read_text())["version"] == "v0001"
 
 
 def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
@@ -39,7 +55,7 @@ def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
     features = np.array([r["features"] for r in embed], dtype=np.float64)
     variances = np.linalg.eigvalsh(np.cov(features, rowvar=False))[::-1]
     ratios = variances / variances.sum()
-    model = PCAModel.load(full_run.paths["model"])
+    model = _model(full_run.paths["model"])
     k = model.pc.numCols
     assert k == np.searchsorted(np.cumsum(ratios), 0.9) + 1
     np.testing.assert_allclose(model.explainedVariance.toArray(), ratios[:k], rtol=1e-6, atol=1e-12)
@@ -55,7 +71,28 @@ def test_refit_is_identical(full_run, spark, tmp_path):
     assert refit["explained_variance"] == full_run.pca["explained_variance"]
     assert _projections(spark, str(tmp_path / "pca")).keys() == _projections(spark, full_run.paths["pca"]).keys()
     np.testing.assert_array_equal(
-        PCAModel.load(str(tmp_path / "model")).pc.toArray(), PCAModel.load(full_run.paths["model"]).pc.toArray()
+        _model(str(tmp_path / "model")).pc.toArray(), _model(full_run.paths["model"]).pc.toArray()
+    )
+
+
+def test_the_model_from_stored_moments_equals_the_model_from_rows(full_run, spark):
+    """A refit merges the moments stored next to each date's partition; it gives the model the rows give."""
+    stored = sorted((full_run.root / "embed").glob("ingest_date=*/_moments.npz"))
+    assert stored, "no moments stored next to the features"
+    moments = [Moments.from_bytes(path.read_bytes()) for path in stored]
+    merged = moments[0]
+    for part in moments[1:]:
+        merged = merged.merge(part)
+    from_moments = pca.model_from_moments(merged, None, 0.9)
+    rows = spark.read.parquet(full_run.paths["embed"]).select("features").collect()
+    features = np.array([r["features"] for r in rows], dtype=np.float64)
+    from_rows = pca.model_from_moments(Moments.of(features), None, 0.9)
+    assert merged.count == len(features) == 4800
+    np.testing.assert_allclose(
+        from_moments.explainedVariance.toArray(), from_rows.explainedVariance.toArray(), rtol=1e-6, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.abs(from_moments.pc.toArray().T @ from_rows.pc.toArray()).diagonal()[:20], 1, atol=1e-6
     )
 
 
@@ -79,28 +116,16 @@ def test_choose_k():
     assert pca.choose_k(np.array([0.5, 0.3, 0.1, 0.1]), 1.0) == 4
 
 
-def test_reused_model_projects_identically(full_run, spark, tmp_path):
-    fitted = _projections(spark, full_run.paths["pca"])
-    # The same features again, projected with the saved model (which --reuse-model only reads).
-    summary = pca.run(
-        spark, full_run.paths["embed"], str(tmp_path / "pca"), full_run.paths["model"], k=3, reuse_model=True
-    )
-    assert summary["model_mode"] == "reused" and summary["k"] == full_run.pca["k"]  # --k ignored on reuse
-    reused = _projections(spark, str(tmp_path / "pca"))
-    assert reused.keys() == fitted.keys()
-    assert max(np.abs(reused[i] - fitted[i]).max() for i in fitted) < 1e-5
-
-
 def test_fixed_k_and_missing_model(full_run, spark, tmp_path):
     summary = pca.run(spark, full_run.paths["embed"], str(tmp_path / "pca"), str(tmp_path / "m"), k=5)
     assert summary["k"] == 5 and summary["explained_variance"] == full_run.pca["explained_variance"][:5]
-    with pytest.raises(JobError, match="no saved PCA model"):
-        pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "none"), k=5, reuse_model=True)
+    with pytest.raises(JobError, match="--refit never: there is no PCA model"):
+        pca.run(spark, full_run.paths["embed"], str(tmp_path / "p2"), str(tmp_path / "none"), k=5, refit="never")
 
 
 def test_training_features_predict_test_labels(full_run, spark):
     """Integrity on real data: nearest centroid on the PCA features, trained on Training, scored on Test."""
-    rows = spark.read.parquet(full_run.paths["pca"]).select("path", "label", "pca").collect()
+    rows = spark.read.parquet(f"{full_run.paths['pca']}/pca_version=v0001").select("path", "label", "pca").collect()
     train = [(np.array(r["pca"]), r["label"]) for r in rows if "/Training/" in r["path"]]
     test = [(np.array(r["pca"]), r["label"]) for r in rows if "/Test/" in r["path"]]
     assert len(train) == 3593 and len(test) == 1207

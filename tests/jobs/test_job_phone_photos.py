@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import phone_photos
 import pytest
 from jobs.conftest import RUN_DATE
 from PIL import Image
 
 import clean
 import embed
+import phone_photos
 from fruits_common import images
 
 

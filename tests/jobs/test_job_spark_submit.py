@@ -106,10 +106,11 @@ def test_four_jobs_run_with_a_bare_spark_submit(tmp_path, sample_dir, weights_fi
         str(tmp_path / "no"),
         "--k",
         "4",
-        "--reuse-model",
+        "--refit",
+        "never",
     )
     assert result.returncode == 2
-    assert "fruits-pca: error: --reuse-model: no saved PCA model" in result.stdout
+    assert "fruits-pca: error: --refit never: there is no PCA model" in result.stdout
 
 
 def test_with_py_files_the_job_uses_the_zip_as_on_emr(tmp_path, sample_dir):

@@ -21,8 +21,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
+from fruits_dag import assets
 from fruits_dag.bundle import CodeStore
 from fruits_dag.params import RunParams
 from fruits_dag.plan import RunPlan
@@ -41,13 +42,16 @@ def from_plan(key: str) -> str:
     return f"{{{{ ti.xcom_pull(task_ids='stage_code', key='{key}') }}}}"
 
 
-def marker_is_fresh(step_task_id: str) -> CheckFn:
+def marker_is_fresh(step_task_id: str, job: str | None = None, outlet: Asset | None = None) -> CheckFn:
     """``check_fn`` for a ``_SUCCESS`` sensor: the marker must not be older than the step that writes it.
 
     Some markers outlive a run (``stages/embed/_SUCCESS`` is rewritten by every run), so existing is not enough:
     the step task (``step_task_id``) returns ``{"started": ISO time, ...}`` and every marker found must have been
     modified at or after it. Storage clocks give whole seconds (S3's LastModified), so the comparison does too.
     Works for ``S3KeySensor`` and the local sensor alike: both pass ``LastModified`` as an aware datetime.
+
+    With an ``outlet`` (the job's asset, also in the sensor's ``outlets``), a fresh marker also sets the asset
+    event's extras from the summary ``job`` wrote (its URI is in the run's plan), so the event carries them.
     """
 
     def check(files: list[dict[str, Any]], **context: Any) -> bool:
@@ -66,7 +70,13 @@ def marker_is_fresh(step_task_id: str) -> CheckFn:
                 f.get("LastModified"),
                 started.isoformat(),
             )
-        return not stale
+        if stale:
+            return False
+        if outlet is not None and job is not None:
+            summary_uri = context["ti"].xcom_pull(task_ids="stage_code", key=f"{job}_summary")
+            run_date = context["ti"].xcom_pull(task_ids="stage_code", key="run_date")
+            context["outlet_events"][outlet].extra = assets.extras(job, run_date, assets.read_summary(summary_uri))
+        return True
 
     return check
 

@@ -1,17 +1,25 @@
 """The EMR backend: the jobs run as steps of a transient Amazon EMR cluster created for the run; storage in S3.
 
-Its tasks: ``create_cluster`` (the cluster request of :func:`cluster_config`), ``add_steps`` (one
-``command-runner.jar spark-submit`` step per job), one :class:`EmrStepWatcher` per job, ``S3KeySensor``s on the
-uploads and the ``_SUCCESS`` markers, and ``terminate_cluster`` as the teardown of ``create_cluster``.
+Its tasks: ``create_cluster`` (:class:`EmrCreateRunCluster`: the cluster request of :func:`cluster_config`, created
+at most once per run), ``add_steps`` (one ``command-runner.jar spark-submit`` step per job), one deferrable
+:class:`EmrStepWatcher` per job, ``S3KeySensor``s (reschedule mode) on the uploads and the ``_SUCCESS`` markers, and
+``terminate_cluster`` (:class:`EmrTerminateRunClusters`) as the teardown of ``create_cluster``.
 The code bundle goes to ``s3://<bucket>/code/<digest>/`` through the ``aws_default`` connection.
+
+A run's clusters are found by their tags (``airflow:dag_id``, ``airflow:run_id``), not only by the XCom of
+``create_cluster``: that is how a retry reuses the cluster an earlier try made, how the duplicate left by a resent
+``RunJobFlow`` is found, and how the teardown ends every cluster of the run. ``AutoTerminationPolicy`` (idle
+timeout) stays the last safety net when no task gets to run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from airflow.providers.amazon.aws.links.emr import EmrClusterLink, EmrLogsLink, get_log_uri
 from airflow.providers.amazon.aws.operators.emr import (
     EmrAddStepsOperator,
     EmrCreateJobFlowOperator,
@@ -19,8 +27,9 @@ from airflow.providers.amazon.aws.operators.emr import (
 )
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.providers.amazon.aws.triggers.emr import EmrStepSensorTrigger
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from fruits_dag import backends
 from fruits_dag.bundle import BundleFile
@@ -32,6 +41,10 @@ from fruits_dag.settings import AWS_CONN_ID, Settings
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
 PYTHON_ON_NODES = "/usr/bin/python3.11"  # installed by emr_bootstrap.sh; requirements.txt is tested on 3.11
 CLUSTER_ID = "{{ ti.xcom_pull(task_ids='create_cluster') }}"
+# The states of a cluster that is (or will be) up and billed; ListClusters' filter.
+ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
+DAG_ID_TAG = "airflow:dag_id"
+RUN_ID_TAG = "airflow:run_id"
 
 
 class EmrBackend(backends.Backend):
@@ -54,7 +67,7 @@ class EmrBackend(backends.Backend):
         )
 
     def setup(self) -> Sequence[BaseOperator]:
-        create_cluster = EmrCreateJobFlowOperator(
+        create_cluster = EmrCreateRunCluster(
             task_id="create_cluster",
             aws_conn_id=AWS_CONN_ID,
             emr_conn_id=None,
@@ -66,19 +79,23 @@ class EmrBackend(backends.Backend):
         return (create_cluster, add_steps)
 
     def job_task(self, name: str, index: int) -> BaseOperator:
+        # Deferrable: a step runs for hours, and the triggerer watches it without a worker slot or a task start
+        # per poke (sensor_args' mode only applies if deferral is turned off).
         return EmrStepWatcher(
             task_id=f"{name}_step",
             aws_conn_id=AWS_CONN_ID,
             job_flow_id=CLUSTER_ID,
             step_id=f"{{{{ ti.xcom_pull(task_ids='add_steps')[{index}] }}}}",
+            deferrable=True,
             **self.sensor_args,
         )
 
     def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:
-        terminate_cluster = EmrTerminateJobFlowOperator(
+        terminate_cluster = EmrTerminateRunClusters(
             task_id="terminate_cluster", aws_conn_id=AWS_CONN_ID, job_flow_id=CLUSTER_ID
         )
-        # Teardown: runs after success, failure or a cleared task, and the run still fails when a step failed.
+        # Teardown: runs after success, failure, a cleared task or a run marked failed (Airflow 3 keeps teardowns
+        # when it stops a run), and the run still fails when a step failed.
         last >> terminate_cluster.as_teardown(setups=setup[0])
 
 
@@ -152,8 +169,11 @@ def cluster_config(settings: Settings, params: RunParams, day: dt.date, code_uri
         "VisibleToAllUsers": True,
         "Tags": [
             {"Key": "project", "Value": "fruits"},
-            {"Key": "airflow:dag_id", "Value": "fruits_pipeline"},
-            {"Key": "airflow:run_id", "Value": run_id[:256]},
+            # EMR's v2 managed service policy (infra/template.yaml) acts only on resources carrying this tag.
+            {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"},
+            # How the run's tasks find its clusters (EmrCreateRunCluster, EmrTerminateRunClusters).
+            {"Key": DAG_ID_TAG, "Value": "fruits_pipeline"},
+            {"Key": RUN_ID_TAG, "Value": run_id[:256]},
             {"Key": "fruits:run_date", "Value": day.isoformat()},
         ],
     }
@@ -180,22 +200,206 @@ class S3CodeStore:
             self.hook.load_file(str(file.path), key=key, bucket_name=bucket, replace=True)
 
 
+def run_tags(dag_id: str, run_id: str) -> dict[str, str]:
+    """The tags that mark a cluster as the run's (:func:`cluster_config` sets them; a tag value has 256 chars)."""
+    return {DAG_ID_TAG: dag_id, RUN_ID_TAG: run_id[:256]}
+
+
+def find_run_clusters(emr: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's active clusters (``DescribeCluster``'s ``Cluster``), oldest first (then by id: deterministic)."""
+    wanted = run_tags(dag_id, run_id)
+    found = []
+    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACTIVE_STATES)):
+        for summary in page["Clusters"]:
+            # ListClusters gives no tags: DescribeCluster does.
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            tags = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
+            if cluster["Status"]["State"] in ACTIVE_STATES and all(tags.get(k) == v for k, v in wanted.items()):
+                found.append(cluster)
+    return sorted(found, key=lambda c: (c["Status"]["Timeline"]["CreationDateTime"], c["Id"]))
+
+
+def terminate_clusters(emr: Any, cluster_ids: Iterable[str], log: Any, why: str) -> None:
+    """``TerminateJobFlows`` on ``cluster_ids`` (deduplicated, in order; nothing to do when empty)."""
+    ids = list(dict.fromkeys(i for i in cluster_ids if i))
+    if ids:
+        log.warning("Terminating EMR cluster(s) %s: %s", ", ".join(ids), why)
+        emr.terminate_job_flows(JobFlowIds=ids)
+
+
+class EmrCreateRunCluster(EmrCreateJobFlowOperator):
+    """``EmrCreateJobFlowOperator`` that creates at most one cluster per run and leaves none behind when it fails.
+
+    * A try first looks for the run's active clusters (by tags). One that already ran steps belongs to an earlier
+      pass of the run (the run was cleared): it is terminated. A fresh one (no steps yet: an earlier try failed
+      after ``RunJobFlow``) is reused instead of creating another.
+    * botocore resends a ``RunJobFlow`` answered with a 5xx; when AWS had carried out the first call, that makes
+      two clusters. After creating, the run's clusters are listed again: the oldest is kept, the others
+      terminated (and the teardown ends every cluster of the run anyway).
+    * A try that fails leaves the run's clusters to the retry that will reuse them; the last try (no retry to
+      come) terminates them before failing, since the teardown does not run when its setup failed.
+    * Killed (the run is marked failed or cleared while it creates), it terminates the run's clusters.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._job_flow_id: str | None = None  # the provider sets it only once RunJobFlow answered
+        self._run: tuple[str, str] | None = None
+
+    def execute(self, context: Any) -> str:
+        ti = context["ti"]
+        self._run = (ti.dag_id, ti.run_id)
+        try:
+            return self._find_or_create(context)
+        except BaseException:
+            if ti.max_tries and ti.try_number <= ti.max_tries:
+                self.log.warning("Try %s failed: the run's cluster, if any, is left for the retry", ti.try_number)
+            else:
+                self._terminate_run_clusters("the last try of create_cluster failed", self._job_flow_id)
+            raise
+
+    def _find_or_create(self, context: Any) -> str:
+        emr = self.hook.conn
+        dag_id, run_id = self._run or ("", "")
+        existing = find_run_clusters(emr, dag_id, run_id)
+        used = [c["Id"] for c in existing if emr.list_steps(ClusterId=c["Id"]).get("Steps")]
+        terminate_clusters(emr, used, self.log, "it ran steps of an earlier pass of this run (the run was cleared)")
+        fresh = [c for c in existing if c["Id"] not in used]
+        if fresh:
+            self.log.info("Reusing EMR cluster %s, made for this run by an earlier try", fresh[0]["Id"])
+        else:
+            created = super().execute(context)
+            if created is None:
+                raise AirflowException("RunJobFlow returned no cluster id")
+            fresh = [c for c in find_run_clusters(emr, dag_id, run_id) if c["Id"] not in used]
+            if created not in {c["Id"] for c in fresh}:  # not listed yet: keep it in the race for oldest
+                fresh = sorted(
+                    [*fresh, emr.describe_cluster(ClusterId=created)["Cluster"]],
+                    key=lambda c: (c["Status"]["Timeline"]["CreationDateTime"], c["Id"]),
+                )
+        keep = fresh[0]
+        self._job_flow_id = keep["Id"]
+        terminate_clusters(
+            emr, [c["Id"] for c in fresh[1:]], self.log, f"one cluster per run: {keep['Id']} is the run's cluster"
+        )
+        EmrClusterLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            job_flow_id=keep["Id"],
+        )
+        EmrLogsLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            job_flow_id=keep["Id"],
+            log_uri=get_log_uri(cluster={"Cluster": keep}),
+        )
+        return keep["Id"]
+
+    def _terminate_run_clusters(self, why: str, *also: str | None) -> None:
+        """Terminate ``also`` and every active cluster of the run; the known ids even if the lookup fails."""
+        emr = self.hook.conn
+        try:
+            found = [c["Id"] for c in find_run_clusters(emr, *self._run)] if self._run else []
+        except Exception:
+            self.log.exception("Could not list the run's clusters; terminating the known ones only")
+            found = []
+        try:
+            terminate_clusters(emr, [*also, *found], self.log, why)
+        except Exception:
+            self.log.exception("Could not terminate the run's clusters: their idle timeout will end them")
+
+    def on_kill(self) -> None:
+        self._terminate_run_clusters("create_cluster was killed (run marked failed or cleared)", self._job_flow_id)
+
+
+class EmrTerminateRunClusters(EmrTerminateJobFlowOperator):
+    """``EmrTerminateJobFlowOperator`` that terminates ``job_flow_id`` and every other active cluster of the run.
+
+    ``job_flow_id`` (``create_cluster``'s XCom) may be missing or not the only one: the run's clusters are also
+    found by their tags, so a duplicate left by a resent ``RunJobFlow`` ends with the run too.
+    """
+
+    def execute(self, context: Any) -> None:
+        ti = context["ti"]
+        emr = self.hook.conn
+        known = [self.job_flow_id] if isinstance(self.job_flow_id, str) and self.job_flow_id.startswith("j-") else []
+        try:
+            found = [c["Id"] for c in find_run_clusters(emr, ti.dag_id, ti.run_id)]
+        except Exception:
+            # Still end the cluster we know of; the retry looks for the others again.
+            terminate_clusters(emr, known, self.log, "the run is over")
+            raise
+        ids = list(dict.fromkeys([*known, *found]))
+        if not ids:
+            self.log.info("No active cluster of this run: nothing to terminate")
+            return
+        EmrClusterLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            job_flow_id=ids[0],
+        )
+        terminate_clusters(emr, ids, self.log, "the run is over")
+
+
 class EmrStepWatcher(EmrStepSensor):
     """``EmrStepSensor`` that, when the step completes, returns its timeline (for :func:`marker_is_fresh`) and,
     when it fails or is cancelled, fails the task without retries, naming the step, EMR's failure reason and the
     logs.
 
+    Deferrable (the default here): after a first look, the triggerer watches the step with the provider's
+    ``EmrStepSensorTrigger`` (``DescribeStep`` every ``poke_interval``, for at most ``timeout`` seconds); when it
+    fires, the task looks at the step once more and returns or fails as above. The provider's own deferrable path
+    returns nothing and gives up after ``max_attempts`` pokes whatever ``timeout`` says, hence this override.
+    With ``deferrable=False`` it pokes in ``mode`` (reschedule) instead.
+
     EMR does not always give ``FailureDetails`` (moto never does, nor a step cancelled after an earlier one
     failed); the message then says so and points at the step's logs under the cluster's ``LogUri``.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        # Poke or reschedule mode only: the deferrable path of EmrStepSensor has no timeline to return.
-        super().__init__(**{**kwargs, "deferrable": False})
+    def __init__(self, *, deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**{**kwargs, "deferrable": deferrable})
 
     def execute(self, context: Any) -> Any:
-        # EmrStepSensor.execute drops what poke returns; keep it (the step's timeline) as this task's XCom.
-        return BaseSensorOperator.execute(self, context)
+        if not self.deferrable:
+            # EmrStepSensor.execute drops what poke returns; keep it (the step's timeline) as this task's XCom.
+            return BaseSensorOperator.execute(self, context)
+        done = self.poke(context)
+        if done:
+            return done.xcom_value
+        attempts = max(1, math.ceil(self.timeout / self.poke_interval))
+        self.defer(
+            trigger=EmrStepSensorTrigger(
+                job_flow_id=self.job_flow_id,
+                step_id=self.step_id,
+                waiter_delay=int(self.poke_interval),
+                waiter_max_attempts=attempts,
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name,
+                verify=self.verify,
+                botocore_config=self.botocore_config,
+            ),
+            method_name="execute_complete",
+            # A margin over the trigger's own limit, so that it reports (and this task says which step) first.
+            timeout=dt.timedelta(seconds=self.timeout + 60),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """The trigger fired: the step's state, read again, decides (the event only says why the watch ended)."""
+        done = self.poke(context)
+        if done:
+            return done.xcom_value
+        message = (event or {}).get("message") or "no message"
+        if "max attempts" in message:
+            raise AirflowSensorTimeout(
+                f"EMR step {self.step_id} on cluster {self.job_flow_id} has not ended after {self.timeout} s"
+            )
+        raise AirflowException(f"Watching EMR step {self.step_id} on cluster {self.job_flow_id} failed: {message}")
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         response = self.get_emr_response(context=context)
