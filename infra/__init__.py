@@ -1,0 +1,1 @@
+"""Infrastructure as code of the fruits pipeline: ``template.yaml`` (CloudFormation) and ``deploy.py`` (its CLI)."""
