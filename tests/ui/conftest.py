@@ -1,355 +1,186 @@
-"""A real Airflow (api-server, scheduler, dag-processor) started as local processes for the UI-path tests.
+"""Fixtures of the UI-path tests: real Airflow servers (``airflow_servers.py``) and the pipeline set up on them.
 
-Everything lives in a temporary AIRFLOW_HOME with SQLite; the servers listen on 127.0.0.1 on a free port. Every
-process the harness starts runs in its own process group and is stopped by its PID (SIGINT, then SIGTERM, then
-SIGKILL, process group first, then any descendant that left the group), also when a test fails.
+``fruits_airflow`` is what the REST and browser tests use: one Airflow for the whole session (started once, which
+saves a minute of CI per test), with a fresh storage root per test (the Variable ``fruits_local_root``, set through
+the REST API), ``fruits_pipeline`` paused again and no API token set, so that each test starts as on a new server.
 """
+
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import psutil
 import pytest
 import requests
 
-VENV_BIN = Path(sys.executable).parent
-AIRFLOW = str(VENV_BIN / "airflow")
-ADMIN_USER = "admin"
-ADMIN_PASSWORD = "ui-test-" + secrets.token_hex(4)
-SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+from airflow_servers import AirflowServers
+from repo import DAG_ID, REPO_ROOT
+
+# Airflow puts the plugins folder on sys.path; the plugin's tests import its package the same way.
+if str(REPO_ROOT / "plugins") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "plugins"))
+
+# Settings of the pipeline on the test servers; the storage root is per test (see fruits_airflow).
+PIPELINE_ENV = {
+    "AIRFLOW_VAR_FRUITS_BACKEND": "local",
+    "AIRFLOW_VAR_FRUITS_JOBS_DIR": str(REPO_ROOT / "spark_jobs"),
+    "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "5",
+    "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "300",
+    "AIRFLOW_VAR_FRUITS_LOCAL_DRIVER_MEMORY": "2g",
+    # No scheduled (nightly) run next to the triggered ones: it would wait for uploads that never come, and the
+    # DAG runs one run at a time.
+    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    # The DAG's asset URIs contain the storage root: when a test sets its own root, the scheduler's orphanage
+    # pass (this interval; 60 s by default) activates the new URIs in place of the old ones.
+    "AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL": "3",
+    # ...and the API server, which checks a task's outlets against the active assets with the serialized DAG it
+    # cached, re-reads a DAG version rewritten in place after this many seconds (30 by default).
+    "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "1",
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _failed(request: pytest.FixtureRequest) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return rep is not None and rep.failed
 
 
-def tail(path: Path, lines: int = 80) -> str:
-    if not path.is_file():
-        return f"({path} does not exist)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
+def _print_logs(servers: AirflowServers) -> None:
+    print(f"\n===== Airflow server logs ({servers.home}) =====\n{servers.logs(150)}")
+    print(f"\n===== task logs =====\n{servers.task_logs(80)}")
 
 
-@dataclass
-class AirflowServers:
-    """Airflow components as subprocesses of the test, with a client for the REST API."""
-
-    home: Path
-    dags_folder: Path
-    plugins_folder: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor")
-    port: int = field(default_factory=free_port)
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    token: str | None = None
-    seen: dict[int, psutil.Process] = field(default_factory=dict)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "server-logs"
-
-    def env(self) -> dict[str, str]:
-        # Nothing of the caller's Airflow setup (AIRFLOW_HOME, AIRFLOW_CONFIG, AIRFLOW__*, Variables, Connections).
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-        env.update(
-            {
-                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-                "AIRFLOW_HOME": str(self.home),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "3",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                # The test unpauses the DAG itself, through the API.
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.port),
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__API__BASE_URL": self.base_url,
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
-                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            }
-        )
-        env.update(self.extra_env)
-        return env
-
-    # ------------------------------------------------------------------ processes
-    def migrate(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.home / "passwords.json").write_text(json.dumps({ADMIN_USER: ADMIN_PASSWORD}) + "\n")
-        result = subprocess.run(
-            [AIRFLOW, "db", "migrate"], env=self.env(), cwd=self.home, capture_output=True, text=True, timeout=600
-        )
-        (self.log_dir / "db-migrate.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-
-    def start(self) -> None:
-        env = self.env()
-        for component in self.components:
-            log = open(self.log_dir / f"{component}.log", "wb")
-            # A session of its own: the process group id is the PID, so the whole group can be signalled.
-            proc = subprocess.Popen(
-                [AIRFLOW, component], env=env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-            log.close()
-            self.procs[component] = proc
-
-    def track(self) -> None:
-        """Remember every descendant seen so far: one that left the process group (a task's subprocess started
-        with setsid) and outlived its parent is still stopped by its PID at the end (psutil checks the start time,
-        so a reused PID is not touched)."""
-        for proc in self.procs.values():
-            try:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    self.seen.setdefault(child.pid, child)
-            except psutil.NoSuchProcess:
-                continue
-
-    def check_alive(self) -> None:
-        self.track()
-        dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
-        if dead:
-            raise RuntimeError(f"Airflow components exited: {dead}\n{self.logs()}")
-
-    def stop(self) -> list[str]:
-        """Stop every started process by PID; returns a description of what had to be killed hard."""
-        report: list[str] = []
-        self.track()
-        for name, proc in reversed(list(self.procs.items())):
-            report += stop_process_tree(proc, name)
-        leftovers = [p for p in self.seen.values() if _alive(p)]
-        report += [f"leftover process {p.pid} stopped" for p in leftovers]
-        _terminate_then_kill(leftovers)
-        return report
-
-    def logs(self, lines: int = 80) -> str:
-        parts = []
-        for path in sorted(self.log_dir.glob("*.log")):
-            parts.append(f"----- {path.name} (last {lines} lines) -----\n{tail(path, lines)}")
-        return "\n".join(parts)
-
-    def task_logs(self, lines: int = 60) -> str:
-        parts = []
-        for path in sorted((self.home / "logs").rglob("*.log")):
-            parts.append(f"----- task log {path.relative_to(self.home / 'logs')} -----\n{tail(path, lines)}")
-        return "\n".join(parts)
-
-    # ------------------------------------------------------------------ REST API
-    def wait_healthy(self, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                resp = requests.get(f"{self.base_url}/api/v2/monitor/health", timeout=5)
-                last = resp.status_code, resp.text[:500]
-                if resp.ok:
-                    health = resp.json()
-                    states = {k: (v or {}).get("status") for k, v in health.items()}
-                    last = states
-                    wanted = ["metadatabase", "scheduler"] + (["dag_processor"] if "dag-processor" in self.components else [])
-                    if all(states.get(k) == "healthy" for k in wanted):
-                        return health
-            except requests.RequestException as exc:
-                last = repr(exc)
-            time.sleep(2)
-        raise TimeoutError(f"Airflow not healthy after {timeout}s (last: {last})\n{self.logs()}")
-
-    def get_token(self, username: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> requests.Response:
-        return requests.post(
-            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
-        )
-
-    def login(self) -> str:
-        resp = self.get_token()
-        assert resp.status_code in (200, 201), resp.text
-        self.token = resp.json()["access_token"]
-        return self.token
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = kwargs.pop("headers", {})
-        if self.token:
-            headers.setdefault("Authorization", f"Bearer {self.token}")
-        return requests.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
-
-    def wait_for_dag(self, dag_id: str, timeout: float = 240) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            resp = self.api("GET", f"/dags/{dag_id}")
-            if resp.status_code == 200:
-                return resp.json()
-            errors = self.api("GET", "/importErrors")
-            if errors.ok and errors.json().get("total_entries"):
-                raise AssertionError(f"DAG import errors: {json.dumps(errors.json(), indent=1)}")
-            time.sleep(3)
-        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s\n{self.logs()}")
-
-    def wait_for_run(
-        self, dag_id: str, run_id: str, timeout: float, progress: Callable[[str], None] = print
-    ) -> dict:
-        deadline = time.monotonic() + timeout
-        last_states: dict | None = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            resp = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            assert resp.status_code == 200, resp.text
-            run = resp.json()
-            tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-            states = {ti["task_id"]: ti["state"] for ti in tis.json().get("task_instances", [])} if tis.ok else {}
-            if states != last_states:
-                progress(f"[{time.strftime('%H:%M:%S')}] run {run['state']}: {states}")
-                last_states = states
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(5)
-        raise TimeoutError(f"run {run_id} not finished after {timeout}s; task states {last_states}")
+def _stop(servers: AirflowServers) -> None:
+    report = servers.stop()
+    if report:
+        print("\n".join(report))
+    alive = servers.still_running()
+    assert not alive, f"processes still running after stop: {alive}"
 
 
-def stop_process_tree(proc: subprocess.Popen, name: str, grace: float = 20) -> list[str]:
-    """SIGINT to the process group (Airflow components shut down cleanly on it), then SIGTERM, then SIGKILL.
-
-    Descendants are listed first: anything that left the group (a task's `spark-submit` started with setsid,
-    say) and still runs afterwards is stopped by its own PID.
-    """
-    report: list[str] = []
-    pid = proc.pid
+@pytest.fixture(scope="session")
+def fruits_servers(tmp_path_factory: pytest.TempPathFactory, weights_file: Path) -> Iterator[AirflowServers]:
+    """One Airflow with this repository's DAGs and plugins and the pipeline in local mode, for the session."""
+    t0 = time.monotonic()
+    servers = AirflowServers(
+        home=tmp_path_factory.mktemp("fruits-airflow") / "airflow-home",
+        dags_folder=REPO_ROOT / "dags",
+        plugins_folder=REPO_ROOT / "plugins",
+        extra_env={**PIPELINE_ENV, "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights_file)},
+    )
     try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        if proc.poll() is not None and not _group_alive(pid):
-            break
-        try:
-            os.killpg(pid, sig)  # the group id is the PID of the process we started
-        except ProcessLookupError:
-            break
-        if sig != signal.SIGINT:
-            report.append(f"{name} (pid {pid}): sent {sig.name}")
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        end = time.monotonic() + 5
-        while _group_alive(pid) and time.monotonic() < end:
-            time.sleep(0.2)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
-    # Descendants that escaped the group.
-    leftovers = [p for p in descendants if _alive(p)]
-    report += [f"{name}: leftover descendant {p.pid} stopped" for p in leftovers]
-    _terminate_then_kill(leftovers)
-    return report
-
-
-def _terminate_then_kill(procs: list[psutil.Process], grace: float = 10) -> None:
-    """SIGTERM each process, then SIGKILL those still alive after ``grace`` seconds."""
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, still = psutil.wait_procs(procs, timeout=grace)
-    for p in still:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies count as gone.
-    for p in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False
-
-
-@pytest.fixture
-def airflow_servers_factory(tmp_path, request):
-    """Returns a function that migrates the database, starts the servers, waits until healthy and logs in.
-
-    The finalizer stops every started process, and prints the server and task logs when the test failed.
-    """
-    started: list[AirflowServers] = []
-
-    def make(dags_folder: Path, plugins_folder: Path | None = None, extra_env: dict[str, str] | None = None,
-             components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor")) -> AirflowServers:
-        plugins = plugins_folder or (tmp_path / "plugins")
-        plugins.mkdir(parents=True, exist_ok=True)
-        servers = AirflowServers(
-            home=tmp_path / "airflow-home", dags_folder=dags_folder, plugins_folder=plugins,
-            extra_env=extra_env or {}, components=components,
-        )
-        started.append(servers)
         servers.migrate()
         servers.start()
         servers.wait_healthy()
-        return servers
+        print(f"\nAirflow healthy after {time.monotonic() - t0:.0f} s on {servers.base_url}")
+        yield servers
+    finally:
+        _stop(servers)
 
-    yield make
 
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for servers in started:
-        report = servers.stop()
-        if failed:
-            print(f"\n===== Airflow server logs ({servers.home}) =====\n{servers.logs(150)}")
-            print(f"\n===== task logs =====\n{servers.task_logs(80)}")
-        if report:
-            print("\n".join(report))
-        alive = [n for n, p in servers.procs.items() if p.poll() is None or _group_alive(p.pid)]
-        assert not alive, f"processes still running after stop: {alive}"
+@dataclass
+class FruitsAirflow:
+    """The session's Airflow, prepared for one test: ``root`` is this test's (empty) storage root."""
+
+    servers: AirflowServers
+    root: Path
+
+    def admin_headers(self) -> dict[str, str]:
+        """A header with a fresh admin token, for calls that are not part of what the test checks."""
+        resp = self.servers.get_token()
+        assert resp.status_code in (200, 201), resp.text
+        return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+@pytest.fixture
+def fruits_airflow(
+    fruits_servers: AirflowServers, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[FruitsAirflow]:
+    """The session's Airflow with a new storage root, ``fruits_pipeline`` parsed and paused, and no token set.
+
+    Afterwards: runs still unfinished are marked failed (the DAG runs one run at a time, the next test must not
+    queue behind them), and the logs are printed when the test failed.
+    """
+    servers = fruits_servers
+    servers.check_alive()
+    env = FruitsAirflow(servers, tmp_path / "fruits-root")
+    env.root.mkdir()
+    headers = env.admin_headers()
+    servers.token = headers["Authorization"].removeprefix("Bearer ")
+    try:
+        servers.wait_for_dag(DAG_ID)
+        _use_storage_root(servers, env.root)
+        resp = servers.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": True})
+        assert resp.status_code == 200, resp.text
+    finally:
+        servers.token = None
+    yield env
+    servers.token = None
+    _fail_unfinished_runs(servers, env.admin_headers())
+    if _failed(request):
+        _print_logs(servers)
+
+
+def _use_storage_root(servers: AirflowServers, root: Path, timeout: float = 180) -> None:
+    """Set ``fruits_local_root``, have the DAG file parsed again and wait until its assets point into ``root``.
+
+    What an operator does after changing the Variable: the DAG's asset URIs come from the storage root, and a task
+    whose outlets are not the active assets fails (``AirflowInactiveAssetInInletOrOutletException``).
+    """
+    _set_variable(servers, "fruits_local_root", str(root))
+    before = servers.api("GET", f"/dags/{DAG_ID}").json()["last_parsed_time"]
+    file_token = servers.api("GET", f"/dags/{DAG_ID}/details").json()["file_token"]
+    resp = servers.api("PUT", f"/parseDagFile/{file_token}")
+    assert resp.status_code in (200, 201, 204), resp.text
+    deadline = time.monotonic() + timeout
+    referenced: set[str] = set()
+    active: set[str] = set()
+    while time.monotonic() < deadline:
+        servers.check_alive()
+        parsed = servers.api("GET", f"/dags/{DAG_ID}").json()["last_parsed_time"]
+        referenced, active = (_asset_uris(servers, only_active) for only_active in (False, True))
+        if parsed != before and referenced == active and all(u.startswith(root.as_uri()) for u in referenced):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"{DAG_ID} not ready for {root} after {timeout}s: assets {referenced}, active {active}")
+
+
+def _asset_uris(servers: AirflowServers, only_active: bool) -> set[str]:
+    params = {"dag_ids": DAG_ID, "limit": 100, "only_active": str(only_active).lower()}
+    resp = servers.api("GET", "/assets", params=params)
+    assert resp.status_code == 200, resp.text
+    return {asset["uri"] for asset in resp.json()["assets"]}
+
+
+def _set_variable(servers: AirflowServers, key: str, value: str) -> None:
+    resp = servers.api("PATCH", f"/variables/{key}", json={"key": key, "value": value})
+    if resp.status_code == 404:
+        resp = servers.api("POST", "/variables", json={"key": key, "value": value})
+    assert resp.status_code in (200, 201), resp.text
+
+
+def _fail_unfinished_runs(servers: AirflowServers, headers: dict[str, str]) -> None:
+    runs = requests.get(
+        f"{servers.base_url}/api/v2/dags/{DAG_ID}/dagRuns",
+        params={"state": ["queued", "running"]},
+        headers=headers,
+        timeout=30,
+    )
+    for run in runs.json().get("dag_runs", []) if runs.ok else []:
+        requests.patch(
+            f"{servers.base_url}/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}",
+            json={"state": "failed"},
+            headers=headers,
+            timeout=30,
+        )
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Keep each phase's report on the test item (``rep_setup``, ``rep_call``) for the fixtures' finalizers."""
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)

@@ -1,11 +1,13 @@
 """The UI path (issue 4): what the Airflow UI does, through the same REST API, on a real Airflow.
 
-`airflow api-server`, `scheduler` and `dag-processor` run as local processes (tests/ui/conftest.py: SQLite, a
-temporary AIRFLOW_HOME, 127.0.0.1, the simple auth manager with a known admin password). The test gets a token,
-checks that a request without one is refused, unpauses `fruits_pipeline`, triggers a run with params on a small
+`airflow api-server`, `scheduler` and `dag-processor` run as local processes (tests/ui/airflow_servers.py: SQLite,
+a temporary AIRFLOW_HOME, 127.0.0.1, the simple auth manager with a known admin password; started once per session
+and shared with the browser test, with a storage root of this test's own: tests/ui/conftest.py). The test gets a
+token, checks that a request without one is refused, unpauses `fruits_pipeline`, triggers a run with params on a small
 sample of real Fruits-360 images in local mode (real spark-submit jobs), waits for it to succeed and checks the
 outputs. Every process is stopped by PID afterwards, and the server and task logs are printed when it fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from repo import DAG_ID
 from sample_images import copy_images
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DAG_ID = "fruits_pipeline"
 RUN_DATE = "2026-03-14"
 IMAGES_PER_LABEL = 5  # x 8 labels of the sample: 40 real images
 DATASET = "datasets/fruits-360-sample"
@@ -32,33 +33,15 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_ui_path_trigger_fruits_pipeline_through_the_rest_api(airflow_servers_factory, sample_dir, weights_file,
-                                                              tmp_path):
-    root = tmp_path / "fruits-root"
+def test_ui_path_trigger_fruits_pipeline_through_the_rest_api(fruits_airflow, sample_dir):
+    # The session's Airflow (local backend, the real weights, no nightly schedule), this test's storage root.
+    servers, root = fruits_airflow.servers, fruits_airflow.root
     copied = copy_images(sample_dir, root / DATASET, per_label=IMAGES_PER_LABEL, splits=("Training",))
     counts = dict(sorted(Counter(p.parent.name for p in copied).items()))
     n_images = sum(counts.values())
     assert 30 <= n_images <= 60, counts
 
     t0 = time.monotonic()
-    servers = airflow_servers_factory(
-        REPO_ROOT / "dags",
-        REPO_ROOT / "plugins",
-        extra_env={
-            "AIRFLOW_VAR_FRUITS_BACKEND": "local",
-            "AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(root),
-            "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights_file),
-            "AIRFLOW_VAR_FRUITS_JOBS_DIR": str(REPO_ROOT / "spark_jobs"),
-            "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "5",
-            "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "300",
-            # No scheduled (nightly) run next to the triggered one: it would wait for uploads that never come,
-            # and the DAG runs one run at a time.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            "AIRFLOW_VAR_FRUITS_LOCAL_DRIVER_MEMORY": "2g",
-            "TF_ENABLE_ONEDNN_OPTS": "1",
-        },
-    )
-    print(f"Airflow healthy after {time.monotonic() - t0:.0f} s on {servers.base_url}")
 
     # Without a token (or with a wrong password) the API refuses.
     assert servers.api("GET", "/dags").status_code in (401, 403)
@@ -75,12 +58,16 @@ def test_ui_path_trigger_fruits_pipeline_through_the_rest_api(airflow_servers_fa
     assert resp.json()["is_paused"] is False
 
     # A bad param is refused before anything runs (the trigger form's validation).
-    bad = servers.api("POST", f"/dags/{DAG_ID}/dagRuns",
-                      json={"logical_date": f"{RUN_DATE}T00:00:00Z", "conf": {"mode": "everything"}})
+    bad = servers.api(
+        "POST",
+        f"/dags/{DAG_ID}/dagRuns",
+        json={"logical_date": f"{RUN_DATE}T00:00:00Z", "conf": {"mode": "everything"}},
+    )
     assert bad.status_code == 400, bad.text
 
     resp = servers.api(
-        "POST", f"/dags/{DAG_ID}/dagRuns",
+        "POST",
+        f"/dags/{DAG_ID}/dagRuns",
         json={
             "dag_run_id": f"ui_test__{RUN_DATE}",
             "logical_date": f"{RUN_DATE}T00:00:00Z",
