@@ -11,7 +11,7 @@ WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) ima
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test lint format run bench constraints clean-local
+.PHONY: venv test lint format run bench aws-deploy aws-destroy constraints clean-local
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -32,6 +32,16 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The AWS account's resources (infra/template.yaml, docs/aws.md). Region and account are never guessed:
+#   make aws-deploy REGION=eu-west-1 ACCOUNT=123456789012 BUCKET=my-fruits EMAIL=ops@example.com
+#   make aws-destroy REGION=eu-west-1 ACCOUNT=123456789012
+aws-deploy: venv
+	$(PY) infra/deploy.py deploy --region "$(REGION)" --account "$(ACCOUNT)" $(if $(BUCKET),--bucket "$(BUCKET)") \
+		$(if $(EMAIL),--email "$(EMAIL)")
+
+aws-destroy: venv
+	$(PY) infra/deploy.py destroy --region "$(REGION)" --account "$(ACCOUNT)"
 
 constraints: venv
 	$(PY) -m pip freeze --exclude-editable > constraints.txt

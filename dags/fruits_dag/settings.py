@@ -197,7 +197,14 @@ SETTINGS: tuple[Setting, ...] = (
         "EMR_EC2_DefaultRole",
         "Instance profile of the cluster's EC2 nodes (`JobFlowRole`).",
     ),
-    Setting("fruits_emr_subnet_id", _text, None, "Subnet of the cluster.", shown="(none: EMR's default VPC subnet)"),
+    Setting(
+        "fruits_emr_subnet_id",
+        _text,
+        None,
+        "Subnet of the cluster; the stack of `infra/` makes one tagged for EMR's managed policy "
+        "(`infra/deploy.py` prints it).",
+        shown="(none: EMR's default VPC subnet)",
+    ),
     Setting(
         "fruits_emr_log_uri",
         _text,

@@ -15,12 +15,6 @@ from dag_harness import AIRFLOW, AIRFLOW_HOME, clean_env  # first: points Airflo
 def airflow_db() -> Path:
     """The metadata database, migrated once per session (``airflow dags test`` needs it)."""
     subprocess.run([AIRFLOW, "db", "migrate"], env=clean_env({}), check=True, capture_output=True, timeout=300)
-    # Every DAG of the folder in the database, the consumer DAG included: asset events queue runs only of known DAGs.
-    subprocess.run([AIRFLOW, "dags", "reserialize"], env=clean_env({}), check=True, capture_output=True, timeout=300)
-    # Unpaused, as its team would have it: asset events queue runs of active DAGs only.
-    subprocess.run(
-        [AIRFLOW, "dags", "unpause", "fruits_pca_consumer"], env=clean_env({}), check=True, capture_output=True
-    )
     return AIRFLOW_HOME / "airflow.db"
 
 

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowException
 
 import report as report_job
 from bad_images import EXPECTED_REASONS, write_bad_files
-from dag_harness import AIRFLOW, AIRFLOW_HOME, clean_env, dags_test
+from dag_harness import AIRFLOW, AIRFLOW_HOME, CONSUMER_DAGS, REPO_ROOT, clean_env, dags_test
 from fruits_dag.backends.local import LocalSparkJobOperator
 from fruits_dag.bundle import zip_package
 from fruits_dag.plan import JobRun
@@ -52,6 +52,20 @@ def env(root: Path, weights_file: Path) -> dict[str, str]:
     }
 
 
+def register_consumer(env: dict[str, str], root: Path) -> None:
+    """Put the consumer DAG (another team's, scheduled on this deployment's PCA asset) in the database, unpaused:
+    asset events queue runs of known, active DAGs only."""
+    consumer = clean_env(
+        {
+            **env,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(CONSUMER_DAGS),
+            "FRUITS_PCA_ASSET_URI": (root / "stages/pca").as_uri(),
+        }
+    )
+    for command in (["dags", "reserialize"], ["dags", "unpause", "fruits_pca_consumer"]):
+        subprocess.run([AIRFLOW, *command], env=consumer, check=True, capture_output=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def first_run(root, env, sample_dir):
     """A bulk load: datasets/fruits-sample/Training/<label>/..., mode=full, PCA to 90% of the variance."""
@@ -61,6 +75,7 @@ def first_run(root, env, sample_dir):
     write_bad_files(bad_folder, next(bad_folder.glob("*.jpg")))
     shutil.copy(next((dataset / "Training" / "Banana").glob("*.jpg")), dataset / "Training" / "Banana" / "copy.jpg")
 
+    register_consumer(env, root)
     result = dags_test(DAY1, env, conf={"mode": "full", "input_uri": "datasets/fruits-sample", "pca_variance": 0.9})
     assert result.returncode == 0, result.explain()
     return result
@@ -128,6 +143,7 @@ def test_the_run_publishes_its_outputs_as_assets_and_triggers_their_consumers(fi
     with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
         queued = db.execute("SELECT target_dag_id FROM asset_dag_run_queue").fetchall()
     assert ("fruits_pca_consumer",) in queued
+    # One scheduler pass starts the queued run.
     subprocess.run([AIRFLOW, "scheduler", "--num-runs", "3"], env=clean_env(env), capture_output=True, timeout=180)
     with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
         runs = db.execute("SELECT run_type, id FROM dag_run WHERE dag_id = 'fruits_pca_consumer'").fetchall()
@@ -213,7 +229,7 @@ def test_missed_nights_and_late_uploads_are_processed_once(missed_nights, root):
 
 
 def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):
-    jobs = Path(__file__).resolve().parents[2] / "spark_jobs"
+    jobs = REPO_ROOT / "spark_jobs"
     shared = tmp_path / "fruits_common.zip"
     shared.write_bytes(zip_package(jobs / "fruits_common"))
     missing = tmp_path / "uploads" / DAY1
