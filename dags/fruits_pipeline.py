@@ -18,7 +18,7 @@ plots), by the four Spark jobs in `spark_jobs/`.
   for each of clean, embed, pca, report: `<job>_step` (watch the EMR step / run the local job) →
   `<job>_success` (its `_SUCCESS` marker, written during this step) → [`terminate_cluster`].
 * **Failures**: a failed step cancels the later ones; the error names the step, EMR's reason and the logs.
-  To retry, clear the whole run (a new cluster is created).
+  To retry, clear the whole run: the old cluster, if still up, is terminated and a new one created.
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ class Fault:
 
 def job_markers(args: list[str]) -> list[str]:
     """The ``_SUCCESS`` URIs a ``spark-submit ... <job>.py <args>`` step writes, per the job contract."""
-    script_index = next(i for i, a in enumerate(args) if a.endswith(".py"))
+    script_index = next((i for i, a in enumerate(args) if a.endswith(".py")), None)
+    if script_index is None:  # not a job of the pipeline (a step a test added by hand): no markers
+        return []
     script = args[script_index].rsplit("/", 1)[-1]
     job_args = args[script_index + 1 :]
     options = {job_args[i]: job_args[i + 1] for i in range(len(job_args) - 1) if job_args[i].startswith("--")}
@@ -78,6 +80,7 @@ class EmrEmulator:
         self.run_job_flow_requests: list[dict[str, Any]] = []
         self.calls: list[tuple[str, int]] = []
         self._faults: dict[str, list[Fault]] = {}
+        self._before: dict[str, list[Callable[[], None]]] = {}
         self._after: dict[str, list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
         self._originals: dict[tuple[type, str], Any] = {}
@@ -117,11 +120,16 @@ class EmrEmulator:
             with emulator._lock:
                 queue = emulator._faults.get(action) or []
                 fault = queue.pop(0) if queue else None
+                before = emulator._before.pop(action, [])
+            for callback in before:
+                callback()
             if fault is not None and not fault.carry_out:
                 result = fault.response(action)
             else:
                 result = original_call_action(self)
-                for callback in emulator._after.pop(action, []):
+                with emulator._lock:
+                    after = emulator._after.pop(action, [])
+                for callback in after:
                     callback()
                 if fault is not None:
                     result = fault.response(action)
@@ -145,6 +153,11 @@ class EmrEmulator:
         with ``carry_out`` each is carried out first (a cluster made, a step added) and answered with the error."""
         with self._lock:
             self._faults.setdefault(action, []).extend([Fault(status, code, carry_out)] * times)
+
+    def before(self, action: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the server's thread) once, right before the next call of ``action`` is handled."""
+        with self._lock:
+            self._before.setdefault(action, []).append(callback)
 
     def after(self, action: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` (in the server's thread) once, right after the next call of ``action`` is carried out."""

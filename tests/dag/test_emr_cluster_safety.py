@@ -1,18 +1,27 @@
 """One cluster per run, always terminated: ``create_cluster`` and ``terminate_cluster`` against moto, with AWS errors
-injected test-side (:meth:`moto_emr.EmrEmulator.fail_next`), under ``airflow dags test``.
+injected test-side (:meth:`moto_emr.EmrEmulator.fail_next`).
 
-Retries keep the DAG's own settings; only Airflow's global cap on the retry delay
-(``AIRFLOW__CORE__MAX_TASK_RETRY_DELAY``) is lowered so that a retry comes after a second instead of minutes.
-A run marked failed or cleared while its cluster works needs a real scheduler: see ``test_emr_run_stopped.py``.
+* Under ``airflow dags test``: retries of ``create_cluster``, ``RunJobFlow`` resent by botocore, a failing last try,
+  clusters the task did not make. Retries keep the DAG's own settings; only Airflow's global cap on the retry delay
+  (``AIRFLOW__CORE__MAX_TASK_RETRY_DELAY``) is lowered so that a retry comes after a second instead of minutes.
+* A run marked failed or cleared while a step runs: what Airflow does then (keep the teardown, kill or reset the
+  tasks) is the scheduler's and the triggerer's work, which ``dags test`` does not do (it runs triggers inline,
+  to their end). Those tests start a real Airflow (api-server, scheduler, dag-processor, triggerer; the harness of
+  ``tests/ui/airflow_servers.py``) and act through its REST API, as an operator would in the UI.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dag_harness import aws_connection, dags_test, reset_moto
+from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, aws_connection, dags_test, reset_moto
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -146,19 +155,29 @@ def make_cluster(boto, run_id: str, with_step: bool = False) -> str:
     return cluster_id
 
 
-# `airflow dags test` names its run manual__<logical date>.
-RUN_ID = f"manual__{DATE}T00:00:00+00:00"
+def current_run_id() -> str:
+    """The run id of the latest run of DATE (``dags test`` names it after the time it started)."""
+    with sqlite3.connect(AIRFLOW_HOME / "airflow.db") as db:
+        (run_id,) = db.execute(
+            "SELECT run_id FROM dag_run WHERE dag_id = ? AND logical_date LIKE ? ORDER BY id DESC LIMIT 1",
+            (DAG_ID, f"{DATE}%"),
+        ).fetchone()
+    return run_id
 
 
 def test_a_cluster_of_an_earlier_pass_of_the_run_is_terminated_and_not_reused(moto_endpoint, weights, boto, emr):
     """What a cleared run leaves: a cluster of the run that already ran steps. create_cluster terminates it and
     makes a new one; another run's cluster is left alone."""
-    earlier = make_cluster(boto, RUN_ID, with_step=True)
+    made_before: list[str] = []
+    # Right before create_cluster first lists the clusters, the run is known: give it a cluster that ran steps.
+    emr.before("ListClusters", lambda: made_before.append(make_cluster(boto, current_run_id(), with_step=True)))
     other = make_cluster(boto, "manual__2026-04-01T00:00:00+00:00")
     result = run(moto_endpoint, weights)
 
     assert result.returncode == 0, result.explain()
+    (earlier,) = made_before
     made = clusters(boto)
+    assert made[earlier]["tags"]["airflow:run_id"] == result.run_id
     assert made[earlier]["Status"]["State"] == "TERMINATED"
     assert made[other]["Status"]["State"] in ACTIVE
     assert "earlier pass of this run" in result.log("create_cluster")
@@ -169,7 +188,7 @@ def test_a_cluster_of_an_earlier_pass_of_the_run_is_terminated_and_not_reused(mo
 def test_the_teardown_terminates_every_cluster_of_the_run_not_only_the_xcom_one(moto_endpoint, weights, boto, emr):
     """A cluster of the run that create_cluster never saw (made while the steps are added) ends with the run."""
     late: list[str] = []
-    emr.after("AddJobFlowSteps", lambda: late.append(make_cluster(boto, RUN_ID)))
+    emr.after("AddJobFlowSteps", lambda: late.append(make_cluster(boto, current_run_id())))
     result = run(moto_endpoint, weights)
 
     assert result.returncode == 0, result.explain()
@@ -179,3 +198,111 @@ def test_the_teardown_terminates_every_cluster_of_the_run_not_only_the_xcom_one(
     assert stray != xcom_cluster and set(made) == {stray, xcom_cluster}
     assert {c["Status"]["State"] for c in made.values()} == {"TERMINATED"}
     assert stray in result.log("terminate_cluster")
+
+
+# -- a run stopped while its step runs, on a real Airflow ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, moto_endpoint, weights) -> Iterator[Any]:
+    """A real Airflow with a triggerer, the pipeline on the EMR backend against moto, unpaused, nothing scheduled."""
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "ui"))
+    from airflow_servers import COMPONENTS, AirflowServers
+
+    servers = AirflowServers(
+        home=tmp_path_factory.mktemp("airflow-servers"),
+        dags_folder=REPO_ROOT / "dags",
+        plugins_folder=REPO_ROOT / "plugins",
+        components=(*COMPONENTS, "triggerer"),
+        extra_env={
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(moto_endpoint),
+            "AIRFLOW_VAR_FRUITS_BUCKET": BUCKET,
+            "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
+            "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
+            "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+            "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "600",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        },
+    )
+    servers.migrate()
+    servers.start()
+    try:
+        servers.wait_healthy()
+        servers.login()
+        servers.wait_for_dag(DAG_ID)
+        assert servers.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False}).ok
+        yield servers
+    except BaseException:
+        print(servers.logs(100), servers.task_logs(60))
+        raise
+    finally:
+        servers.stop()
+
+
+def wait_until(check: Callable[[], Any], what: str, airflow: Any, timeout: float = 240) -> Any:
+    """Poll ``check`` every 2 s until it returns something true; the servers' logs on time-out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        airflow.check_alive()
+        if value := check():
+            return value
+        time.sleep(2)
+    raise AssertionError(f"not {what} after {timeout} s\n{airflow.logs(60)}\n{airflow.task_logs(40)}")
+
+
+def task_states(airflow: Any, run_id: str) -> dict[str, str | None]:
+    resp = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")
+    assert resp.ok, resp.text
+    return {ti["task_id"]: ti["state"] for ti in resp.json()["task_instances"]}
+
+
+def start_run_until_the_clean_step_runs(airflow: Any, boto, date: str) -> tuple[str, str]:
+    """Trigger a run of ``date`` and wait until its clean step is deferred; returns (run id, cluster id)."""
+    boto("s3").put_object(Bucket=BUCKET, Key=f"uploads/{date}/IMG_0001.jpg", Body=b"jpeg bytes")
+    resp = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": f"{date}T00:00:00Z"})
+    assert resp.ok, resp.text
+    run_id = resp.json()["dag_run_id"]
+    wait_until(lambda: task_states(airflow, run_id).get("clean_step") == "deferred", "clean_step deferred", airflow)
+    (cluster,) = [c for c in clusters(boto).values() if c["Status"]["State"] in ACTIVE]
+    assert cluster["tags"]["airflow:run_id"] == run_id
+    assert {s["Name"]: s["Status"]["State"] for s in cluster["steps"]}["clean"] == "RUNNING"
+    return run_id, cluster["Id"]
+
+
+def test_a_run_marked_failed_while_a_step_runs_terminates_its_cluster(airflow, moto_endpoint, boto, emr):
+    emr.step_seconds = 3600  # the clean step runs until the run is stopped
+    run_id, cluster_id = start_run_until_the_clean_step_runs(airflow, boto, "2026-06-01")
+
+    resp = airflow.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"state": "failed"})
+    assert resp.ok, resp.text
+    # Airflow 3 fails the running tasks, skips the pending ones and still runs the teardown.
+    wait_until(
+        lambda: clusters(boto)[cluster_id]["Status"]["State"] == "TERMINATED", "cluster terminated", airflow, 120
+    )
+    airflow.wait_for_run(DAG_ID, run_id, timeout=120)
+    # (Airflow 3.3 then computes the run's state from its leaves, all skipped: it ends "success".)
+    states = task_states(airflow, run_id)
+    assert states["clean_step"] == "failed" and states["terminate_cluster"] == "success", states
+    assert [c["Status"]["State"] for c in clusters(boto).values()] == ["TERMINATED"]
+
+
+def test_a_run_cleared_while_a_step_runs_terminates_its_cluster(airflow, moto_endpoint, boto, emr):
+    emr.step_seconds = 3600
+    run_id, first = start_run_until_the_clean_step_runs(airflow, boto, "2026-06-02")
+
+    resp = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns/{run_id}/clear", json={"dry_run": False})
+    assert resp.ok, resp.text
+    # The run starts again: its create_cluster finds the cluster that ran steps, terminates it, makes a new one.
+    wait_until(lambda: clusters(boto)[first]["Status"]["State"] == "TERMINATED", "first cluster terminated", airflow)
+    second = wait_until(
+        lambda: [i for i, c in clusters(boto).items() if c["Status"]["State"] in ACTIVE and c["steps"]],
+        "a new cluster with the steps",
+        airflow,
+    )
+    assert second[0] != first
+    # End the second pass the other way, and nothing of the run is left running.
+    wait_until(lambda: task_states(airflow, run_id).get("clean_step") == "deferred", "clean_step deferred", airflow)
+    assert airflow.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"state": "failed"}).ok
+    airflow.wait_for_run(DAG_ID, run_id, timeout=120)
+    assert {c["Status"]["State"] for c in clusters(boto).values()} == {"TERMINATED"}
+    assert {c["tags"]["airflow:run_id"] for c in clusters(boto).values()} == {run_id}

@@ -397,7 +397,8 @@ class EmrStepWatcher(EmrStepSensor):
         message = (event or {}).get("message") or "no message"
         if "max attempts" in message:
             raise AirflowSensorTimeout(
-                f"EMR step {self.step_id} on cluster {self.job_flow_id} has not ended after {self.timeout} s"
+                f"EMR step {self.step_id} on cluster {self.job_flow_id} has not ended after {self.timeout:g} s "
+                "(the sensor timeout)"
             )
         raise AirflowException(f"Watching EMR step {self.step_id} on cluster {self.job_flow_id} failed: {message}")
 
