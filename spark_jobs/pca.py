@@ -205,19 +205,9 @@ def load_moments(store: Store, days: list[str], known: dict[str, Moments]) -> Mo
         if day in known:
             part = known[day]
         else:
-            part = Moments.from_bytes(_read_bytes(store.spark, store.moments_uri(day)))
+            part = Moments.from_bytes(storage.read_bytes(store.spark, store.moments_uri(day)))
         merged = part if merged is None else merged.merge(part)
     return merged
-
-
-def _read_bytes(spark: SparkSession, uri: str) -> bytes:
-    fs_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
-    fs = fs_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    stream = fs.open(fs_path)
-    try:
-        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
 
 
 def project(store: Store, model: PCAModel, version: str, days: list[str]) -> int:
