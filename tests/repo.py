@@ -32,5 +32,9 @@ def airflow_env(home: Path, **overrides: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Tests re-parse the DAG with other Variables (another backend, another storage root) seconds apart: write
+        # each parse's serialized DAG (Airflow skips writes within 30 s by default, and the API side would then
+        # check a task's assets against the previous test's DAG).
+        "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
         **overrides,
     }
