@@ -66,7 +66,8 @@ def key_figure(job: str, result: dict) -> str:
         return f"{result.get('embedded')} images embedded ({result.get('engine')})"
     if job == "pca":
         cumulative = result.get("cumulative_explained_variance") or [0.0]
-        return f"{result.get('rows')} rows, k = {result.get('k')}, {cumulative[-1]:.1%} of the variance"
+        basis = f"new basis {result.get('version')}" if result.get("refitted") else f"basis {result.get('version')}"
+        return f"{result.get('rows_projected')} rows projected ({basis}), k = {result.get('k')}, {cumulative[-1]:.1%}"
     if job == "report":
         return f"{result.get('images_read')} images in the report"
     return ""
@@ -149,7 +150,8 @@ def summary(root: Path, date: str) -> str:
         f"  labels    {labels or '(none)'}",
         f"  PCA       k = {report['k']}, {cumulative[-1]:.1%} of the variance explained"
         + (f" (target {target:.0%})" if target else ""),
-        f"  features  {root / 'stages' / 'pca'} ({report.get('final_rows', '?')} rows in all)",
+        f"  features  {root / 'stages' / 'pca' / ('pca_version=' + str(report.get('pca_version')))}"
+        f" ({report.get('final_rows', '?')} rows in all)",
     ]
     return "\n".join(lines)
 
