@@ -45,3 +45,11 @@ def boto(moto_endpoint: str):
         )
 
     return client
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A stand-in for the MobileNetV2 .h5 file, for the EMR tests: staging only copies bytes."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_test_weights.h5"
+    path.write_bytes(b"HDF5 stand-in " * 1000)
+    return path

@@ -31,14 +31,6 @@ ACTIVE = {"STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"}
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A stand-in for the MobileNetV2 .h5 file: staging only copies bytes."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_test_weights.h5"
-    path.write_bytes(b"HDF5 stand-in " * 100)
-    return path
-
-
 @pytest.fixture
 def emr(moto_endpoint, boto) -> EmrEmulator:
     """A fresh moto (bucket and uploads of DATE) and the EMR emulator installed."""

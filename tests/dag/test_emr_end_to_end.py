@@ -30,14 +30,6 @@ CONF = {"core_instance_count": 3, "core_instance_type": "m5.2xlarge", "pca_k": 5
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A stand-in for the MobileNetV2 .h5 file: staging only copies bytes."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_test_weights.h5"
-    path.write_bytes(b"HDF5 stand-in " * 1000)
-    return path
-
-
 def pipeline_env(endpoint: str, weights: Path, sensor_timeout: int = 20) -> dict[str, str]:
     return {
         "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),

@@ -28,14 +28,6 @@ STEPS = ["clean", "embed", "pca", "report"]
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A stand-in for the MobileNetV2 .h5 file: staging only copies bytes."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_test_weights.h5"
-    path.write_bytes(b"HDF5 stand-in " * 100)
-    return path
-
-
 @pytest.fixture
 def bucket(moto_endpoint, boto):
     """A fresh moto with the bucket (no uploads)."""
