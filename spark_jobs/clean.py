@@ -25,20 +25,18 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType
 
-from fruits_common import images, schemas, storage
+from fruits_common import files, images, schemas, storage
 from fruits_common.errors import JobError
 from fruits_common.spark import main, positive_int, run_date, session_conf
 
 log = logging.getLogger("fruits.clean")
 
-# Files per Arrow batch and bytes per input partition: a batch carries the originals (12 MP photos are 2-4 MB
-# each, up to MAX_FILE_BYTES), so both stay small enough that memory does not follow the photos' size. Spark counts
-# each file as at least openCostInBytes (4 MB by default) when it packs partitions: at 64 KB, a partition still
-# holds hundreds of 5 KB Fruits-360 images (few tasks), and about ten 3 MB photos.
+# Files per Arrow batch and per task. The JVM only carries paths in; each Python task reads its files itself, one at
+# a time (fruits_common.files), and sends back normalized images (~30 KB). Per task, Spark's Python worker costs a
+# fixed setup, so tasks are few and large: a partition holds up to PARTITION_BYTES of originals.
 FILES_PER_BATCH = 16
-FILE_OPEN_COST = 64 * 1024
+PARTITION_BYTES = 128 * 1024 * 1024
 RUN_FILE = "_run.json"  # what the run read, beside its clean partition
-PARTITION_BYTES = 32 * 1024 * 1024
 
 CHECKED = StructType(
     [
@@ -87,22 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_batches(input_roots: list[str], max_side: int):
-    """mapInPandas function: hash, label, check and normalize every file of a batch (runs on the executors)."""
+    """mapInPandas function: read, hash, label, check and normalize every file of a batch (on the executors)."""
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             rows = []
-            for path, content, length in zip(batch["path"], batch["content"], batch["length"], strict=True):
-                result = images.clean_image(content, max_side)
+            for path, length in zip(batch["path"], batch["length"], strict=True):
+                try:
+                    content = files.read_bytes(path)
+                except OSError as exc:  # listed, then deleted or not readable: recorded, not a failed task
+                    result, content = images.CleanImage(reason=images.UNREADABLE, detail=str(exc)[:500]), None
+                else:
+                    result = images.clean_image(content, max_side)
                 rows.append(
                     {
-                        "image_id": images.content_id(content or b""),
+                        "image_id": images.content_id(content) if content is not None else None,
                         "path": path,
                         "label": _label(path, input_roots),
                         "width": result.width,
                         "height": result.height,
                         "format": result.format,
-                        "size_bytes": int(length),
+                        "size_bytes": len(content) if content is not None else int(length),
                         "orientation": result.orientation,
                         "reason": result.reason,
                         "detail": result.detail,
@@ -128,25 +131,18 @@ def _label(path: str, input_roots: list[str]) -> str | None:
     return images.label_from_path(path, root) if root else None
 
 
-def _read_files(spark: SparkSession, paths: list[str]) -> DataFrame:
-    """The files (or every file under the folders) ``paths``, whatever their names, with 1 byte to
-    ``MAX_FILE_BYTES``, as (path, content, length). No name filter: a file that is not an accepted image is rejected
-    with a reason, never skipped."""
-    if not paths:
-        return spark.createDataFrame([], "path string, content binary, length long")
-    return (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(paths)
-        # Pushed down to the file listing: oversized files are never read.
-        .filter(F.col("length") <= images.MAX_FILE_BYTES)
-        .select("path", "content", "length")
-    )
+def _files_frame(spark: SparkSession, listing: list[tuple[str, int]]) -> DataFrame:
+    """The files to read as (path, length) rows, spread evenly over few large partitions (see PARTITION_BYTES)."""
+    cores = spark.sparkContext.defaultParallelism
+    rounds = max(1, -(-sum(length for _, length in listing) // (cores * PARTITION_BYTES)))
+    partitions = rounds * cores  # a multiple of the cores: no round with idle cores but the last tasks' tails
+    frame = pd.DataFrame(listing, columns=["path", "length"])
+    # From pandas through Arrow: built in the JVM, no Python worker; round-robin keeps the partitions even.
+    return spark.createDataFrame(frame, schema="path string, length long").repartition(partitions)
 
 
 def _unreadable_files(spark: SparkSession, listing: list[tuple[str, int]], input_roots: list[str]) -> DataFrame:
-    """Rejections for files Spark's scan cannot hold: empty ones (Spark skips them silently) and ones over
-    ``MAX_FILE_BYTES``. Only their paths reach the driver."""
+    """Rejections decided from the listing alone: empty files and files over ``MAX_FILE_BYTES`` (never read)."""
     rows = []
     for path, length in listing:
         label = _label(path, input_roots)
@@ -193,8 +189,7 @@ def run(
         spark,
         {
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(FILES_PER_BATCH),
-            "spark.sql.files.maxPartitionBytes": str(PARTITION_BYTES),
-            "spark.sql.files.openCostInBytes": str(FILE_OPEN_COST),
+            "spark.sql.execution.arrow.pyspark.enabled": "true",  # the listing goes to the JVM as Arrow
         },
     ):
         day = run_date or dt.datetime.now(dt.UTC).date()
@@ -217,17 +212,14 @@ def _run(
     partition = f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}"
 
     # Only paths reach the driver: the listing, and the paths earlier runs of the window accounted for.
-    listing = [(path, length) for i in existing for path, length in storage.list_files(spark, i)]
+    listing = storage.list_files(spark, existing)
     accounted_listed: list[str] = []
     if skip_accounted_since is not None:
         accounted = _accounted_paths(spark, output, rejected, skip_accounted_since, run_date)
         accounted_listed = [path for path, _ in listing if path in accounted]
         listing = [(path, length) for path, length in listing if path not in accounted]
-        # The files themselves, not their folders: accounted files are not read at all.
-        to_read = [path for path, length in listing if 0 < length <= images.MAX_FILE_BYTES]
-    else:
-        to_read = existing
-    checked = _read_files(spark, to_read).mapInPandas(_check_batches(input_roots, max_side), schema=CHECKED)
+    to_read = [(path, length) for path, length in listing if 0 < length <= images.MAX_FILE_BYTES]
+    checked = _files_frame(spark, to_read).mapInPandas(_check_batches(input_roots, max_side), schema=CHECKED)
     checked = checked.persist()  # both outputs below come from it: decode once
 
     valid = checked.filter(F.col("reason").isNull())

@@ -21,7 +21,7 @@ NORMALIZED_FORMATS = frozenset({"JPEG", "PNG"})
 MIN_SIDE_PX = 32
 # Phone cameras stay well below this; anything above is a decompression bomb, refused before decoding.
 MAX_PIXELS = 64_000_000
-# Files above this size are refused without being read into a Spark row (binaryFile limit is 2 GiB).
+# Files above this size are refused without being read (a phone photo is 2-4 MB, a 48 MP one ~10 MB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
 # Standard deviation (0-255 grey levels) under which an image carries no usable content.
 MIN_STDDEV = 2.0
@@ -37,6 +37,7 @@ EXIF_ORIENTATION = 0x0112
 # Why an input file was rejected: the values of the `reason` column.
 EMPTY_FILE = "empty_file"
 TOO_LARGE = "too_large"
+UNREADABLE = "unreadable"  # listed, then could not be read (deleted meanwhile, no permission)
 NOT_AN_IMAGE = "not_an_image"
 UNSUPPORTED_FORMAT = "unsupported_format"
 DECOMPRESSION_BOMB = "decompression_bomb"
@@ -47,6 +48,7 @@ DUPLICATE = "duplicate"
 REJECTION_REASONS = (
     EMPTY_FILE,
     TOO_LARGE,
+    UNREADABLE,
     NOT_AN_IMAGE,
     UNSUPPORTED_FORMAT,
     DECOMPRESSION_BOMB,
