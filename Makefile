@@ -11,7 +11,7 @@ WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) ima
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test lint format run bench aws-deploy aws-destroy constraints clean-local
+.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse constraints clean-local
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -42,6 +42,12 @@ aws-deploy: venv
 
 aws-destroy: venv
 	$(PY) infra/deploy.py destroy --region "$(REGION)" --account "$(ACCOUNT)"
+
+# The EMR nodes' Python packages as one prebuilt wheelhouse per architecture (ARCH=x86_64 or aarch64), for the
+# Variable fruits_wheelhouse when the Airflow workers cannot reach the package index (stage_code builds it otherwise).
+ARCH ?= x86_64
+wheelhouse: venv
+	PYTHONPATH=dags $(PY) -m fruits_dag.artifacts --arch $(ARCH) --output $(RUN_DIR)/wheelhouse
 
 constraints: venv
 	$(PY) -m pip freeze --exclude-editable > constraints.txt

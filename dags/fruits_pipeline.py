@@ -14,7 +14,8 @@ plots), by the four Spark jobs in `spark_jobs/`.
   (a manual run without a logical date processes the day it was triggered). No uploads by the sensor timeout:
   the run ends with every later task skipped, and no cluster is created.
 * **Tasks**: `stage_code` (job scripts, shared module zip, bootstrap script and weights to
-  `code/<content hash>/`; the run's plan to XCom) → `wait_for_uploads` → [`create_cluster` → `add_steps`] →
+  `code/<content hash>/`; with `emr`, the ONNX export and the nodes' wheelhouses to `code/artifacts/`, built once;
+  the run's plan to XCom) → `wait_for_uploads` → [`create_cluster` → `add_steps`] →
   for each of clean, embed, pca, report: `<job>_step` (watch the EMR step / run the local job) →
   `<job>_success` (its `_SUCCESS` marker, written during this step) → [`terminate_cluster`].
 * **Failures**: a failed step cancels the later ones; the error names the step, EMR's reason and the logs.
@@ -32,7 +33,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from fruits_dag import settings as fruits_settings
 from fruits_dag.assets import pipeline_assets
 from fruits_dag.backends import from_plan, get_backend, marker_is_fresh
-from fruits_dag.bundle import build_bundle, stage
+from fruits_dag.bundle import stage
 from fruits_dag.params import RunParams, dag_params
 from fruits_dag.plan import STEP_NAMES, PlanError, build_plan, run_date
 
@@ -53,16 +54,18 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 @task(multiple_outputs=True)
 def stage_code(**context: Any) -> dict[str, Any]:
-    """Stage the code bundle under ``code/<digest>/`` (only missing files) and return the run's plan."""
+    """Stage the code bundle under ``code/<digest>/`` (only missing files) and what else the backend needs (the
+    EMR nodes' ONNX model and wheelhouses, built once), and return the run's plan."""
     try:
-        bundle = build_bundle(SETTINGS.jobs_dir, SETTINGS.weights)
+        bundle = BACKEND.bundle()
         day = run_date(context.get("logical_date"), context["dag_run"].run_after)
         params = RunParams.from_mapping(context["params"])
-        plan = build_plan(SETTINGS, params, day, bundle)
+        prepared = BACKEND.prepare(params)
+        plan = build_plan(SETTINGS, params, day, bundle, model=prepared.model)
     except (PlanError, FileNotFoundError) as exc:
         raise AirflowFailException(str(exc)) from exc  # a retry cannot fix a bad param or a missing file
     stage(bundle, plan.code_uri, BACKEND.code_store())
-    return {**plan.to_xcom(), **BACKEND.plan_extras(plan, params, context["run_id"])}
+    return {**plan.to_xcom(), **BACKEND.plan_extras(plan, params, context["run_id"], prepared)}
 
 
 with DAG(

@@ -1,28 +1,57 @@
 #!/bin/bash
-# EMR bootstrap action of fruits_pipeline: Python 3.11 and the jobs' pinned packages on every node.
+# EMR bootstrap action of fruits_pipeline: Python 3.11 and the jobs' pinned packages on every node, offline.
 #
-#   emr_bootstrap.sh s3://<bucket>/code/<digest>/requirements.txt
+#   emr_bootstrap.sh x86_64=s3://<bucket>/code/artifacts/wheelhouse-<key>-cp311-x86_64.tar [aarch64=s3://...]
 #
 # EMR 7.x runs Amazon Linux 2023, whose Spark uses Python 3.9; the cluster's spark-env configuration
-# (PYSPARK_PYTHON=/usr/bin/python3.11, set by the DAG) makes the jobs run on the 3.11 prepared here, the Python
+# (PYSPARK_PYTHON=/usr/bin/python3.11, set by the DAG) makes the jobs run on the 3.11 installed here, the Python
 # requirements.txt is tested with. Runs as the hadoop user, before Spark starts, on the primary and core nodes.
-# Lines marked `driver-only` (TensorFlow and the ONNX exporter, ~600 MB) are installed on the primary node alone:
-# the driver runs there (client mode) and exports the model to ONNX; executors only need ONNX Runtime.
-set -euxo pipefail
+# Nothing comes from the internet: python3.11 from the Amazon Linux repository (served from S3 in the region,
+# reachable through the VPC's S3 gateway endpoint), the packages from the wheelhouse that stage_code built for
+# this architecture and staged in the bucket (pip --no-index). No node gets TensorFlow: the DAG stages the model
+# already exported to ONNX.
+set -euo pipefail
 
-requirements_uri="${1:?usage: emr_bootstrap.sh s3://.../requirements.txt}"
+# install_wheelhouse TAR PYTHON: install the wheelhouse's requirements.txt into PYTHON, from its wheels only.
+install_wheelhouse() {
+  local tar="$1" python="$2" folder
+  folder="$(mktemp -d)"
+  tar -xf "$tar" -C "$folder"
+  ${SUDO-sudo} "$python" -m pip install --no-index --find-links "$folder" --no-cache-dir \
+    --disable-pip-version-check --quiet -r "$folder/requirements.txt"
+  rm -rf "$folder"
+}
 
-sudo dnf install -y python3.11 python3.11-pip
-aws s3 cp "$requirements_uri" /tmp/fruits-requirements.txt
-if grep -q '"isMaster": *true' /mnt/var/lib/info/instance.json; then
-  role=primary
-  check="import numpy, pandas, pyarrow, PIL, onnxruntime, tensorflow, tf2onnx"
-else
-  role=core
-  grep -v 'driver-only' /tmp/fruits-requirements.txt > /tmp/fruits-requirements.core.txt
-  mv /tmp/fruits-requirements.core.txt /tmp/fruits-requirements.txt
-  check="import numpy, pandas, pyarrow, PIL, onnxruntime"
+# wheelhouse_for ARCH ARCH=URI...: the URI given for ARCH.
+wheelhouse_for() {
+  local arch="$1" pair
+  shift
+  for pair in "$@"; do
+    if [[ "${pair%%=*}" == "$arch" ]]; then
+      echo "${pair#*=}"
+      return 0
+    fi
+  done
+  echo "no wheelhouse for $arch among: $*" >&2
+  return 1
+}
+
+main() {
+  [[ $# -gt 0 ]] || { echo "usage: emr_bootstrap.sh ARCH=s3://.../wheelhouse-...-ARCH.tar ..." >&2; exit 2; }
+  set -x
+  local started arch uri
+  started=$(date +%s)
+  arch="$(uname -m)"
+  uri="$(wheelhouse_for "$arch" "$@")"
+  sudo dnf install -y --quiet python3.11 python3.11-pip
+  aws s3 cp --only-show-errors "$uri" /tmp/fruits-wheelhouse.tar
+  install_wheelhouse /tmp/fruits-wheelhouse.tar /usr/bin/python3.11
+  rm -f /tmp/fruits-wheelhouse.tar
+  /usr/bin/python3.11 -c "import numpy, pandas, pyarrow, PIL, pillow_heif, onnxruntime, matplotlib"
+  echo "fruits bootstrap ok on $arch in $(($(date +%s) - started)) s"
+}
+
+# Sourced (the tests do), it only defines the functions above.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
 fi
-# --no-cache-dir: the root volume is small and the wheels (TensorFlow) are large.
-sudo python3.11 -m pip install --no-cache-dir --quiet -r /tmp/fruits-requirements.txt
-python3.11 -c "$check; print('fruits bootstrap ok on the $role node')"

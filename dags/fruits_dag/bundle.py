@@ -83,8 +83,9 @@ def zip_package(package_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def build_bundle(jobs_dir: Path, weights: str) -> Bundle:
-    """Collect the bundle from ``jobs_dir``; ``weights`` is staged too when it is a local file."""
+def build_bundle(jobs_dir: Path, weights: str, stage_weights: bool = True) -> Bundle:
+    """Collect the bundle from ``jobs_dir``; ``weights`` is staged too when it is a local file, unless
+    ``stage_weights`` is false (the EMR backend stages the ONNX export instead of a Keras file)."""
     missing = [
         name for name in (*JOB_SCRIPTS, REQUIREMENTS, BOOTSTRAP, SHARED_PACKAGE) if not (jobs_dir / name).exists()
     ]
@@ -96,7 +97,7 @@ def build_bundle(jobs_dir: Path, weights: str) -> Bundle:
     files.append(BundleFile(SHARED_ZIP, data=zip_package(jobs_dir / SHARED_PACKAGE)))
 
     weights_name = None
-    if weights != "imagenet" and "://" not in weights:
+    if stage_weights and weights != "imagenet" and "://" not in weights:
         weights_path = Path(weights).expanduser()
         if not weights_path.is_file():
             raise FileNotFoundError(f"weights file not found: {weights_path} (Variable fruits_weights)")
@@ -111,11 +112,14 @@ def build_bundle(jobs_dir: Path, weights: str) -> Bundle:
 
 
 class CodeStore(Protocol):
-    """Where a backend stages a bundle: answers whether a staged file is complete and writes one."""
+    """Where a backend stages a bundle: answers whether a staged file is complete, writes one, and keeps a staged
+    file from expiring while runs still use it."""
 
     def size_of(self, uri: str) -> int | None: ...
 
     def write(self, uri: str, file: BundleFile) -> None: ...
+
+    def refresh(self, uri: str) -> None: ...
 
 
 def stage(bundle: Bundle, code_uri: str, store: CodeStore) -> list[str]:
@@ -128,6 +132,7 @@ def stage(bundle: Bundle, code_uri: str, store: CodeStore) -> list[str]:
     for file in bundle.files:
         uri = f"{code_uri}/{file.name}"
         if store.size_of(uri) == file.size:
+            store.refresh(uri)
             continue
         store.write(uri, file)
         written.append(file.name)

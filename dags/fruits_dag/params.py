@@ -14,6 +14,7 @@ from airflow.sdk import Param
 
 Mode = Literal["incremental", "full"]
 Refit = Literal["auto", "always", "never"]
+Market = Literal["on_demand", "spot"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class RunParams:
     pca_refit: Refit = "auto"
     core_instance_count: int = 2
     core_instance_type: str = "m5.xlarge"
+    core_market: Market = "on_demand"
+    core_max_instances: int | None = None
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> RunParams:
@@ -93,7 +96,24 @@ def dag_params() -> dict[str, Param]:
             type="string",
             pattern=r"^[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+$",
             title="EMR core node type",
-            description_md="EC2 instance type of the core nodes, e.g. `m5.xlarge` (x86_64: TensorFlow's wheels). "
-            "Ignored by the local backend.",
+            description_md="EC2 instance type of the core nodes, e.g. `m5.xlarge`, or Graviton (`m7g.xlarge`): "
+            "each node installs the wheelhouse of its own architecture. Ignored by the local backend.",
+        ),
+        "core_market": Param(
+            default.core_market,
+            enum=list(get_args(Market)),
+            title="EMR core capacity",
+            description_md="`on_demand`: an instance group of `core_instance_type`; `spot`: an instance fleet of "
+            "Spot capacity (`core_instance_type` and the Variable `fruits_emr_spot_instance_types`, "
+            "price-capacity-optimized), switching to on-demand when no Spot capacity comes within 10 minutes.",
+        ),
+        "core_max_instances": Param(
+            default.core_max_instances,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=100,
+            title="EMR managed scaling ceiling",
+            description_md="Empty: a fixed cluster. A number: EMR managed scaling may grow the core nodes from "
+            "`core_instance_count` up to this many while the steps need them, and shrink them back.",
         ),
     }

@@ -61,6 +61,10 @@ class Layout:
     def code(self, digest: str) -> str:
         return self.join("code", digest)
 
+    def artifacts(self) -> str:
+        """Build-once files named by their inputs (the ONNX export, the nodes' wheelhouses)."""
+        return self.join("code", "artifacts")
+
     def stage(self, name: str) -> str:
         return self.join("stages", name)
 
@@ -132,8 +136,14 @@ def _input_root(settings: Settings, layout: Layout, input_uri: str) -> str:
     return layout.join(value)
 
 
-def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bundle) -> RunPlan:
-    """The run's jobs (the job contract's command lines) and sensor keys, the same for every backend."""
+def build_plan(
+    settings: Settings, params: RunParams, day: dt.date, bundle: Bundle, model: str | None = None
+) -> RunPlan:
+    """The run's jobs (the job contract's command lines) and sensor keys, the same for every backend.
+
+    ``model``: the model file embed loads, when the backend staged one (the EMR nodes get the ONNX export);
+    otherwise the weights of the bundle or of the settings.
+    """
     layout = Layout(settings.storage_root)
     code = layout.code(bundle.digest)
     day_iso = day.isoformat()
@@ -150,7 +160,7 @@ def build_plan(settings: Settings, params: RunParams, day: dt.date, bundle: Bund
         window = ["--skip-accounted-since", first.isoformat()]
     clean, rejected, embed, pca = (layout.stage(n) for n in ("clean", "rejected", "embed", "pca"))
     report = layout.report(day)
-    weights = f"{code}/{bundle.weights_name}" if bundle.weights_name else settings.weights
+    weights = model or (f"{code}/{bundle.weights_name}" if bundle.weights_name else settings.weights)
     size = ["--k", str(params.pca_k)] if params.pca_k is not None else ["--variance", repr(params.pca_variance)]
 
     def job(name: str, args: list[str], markers: list[str], summary: str) -> JobRun:

@@ -24,6 +24,7 @@ AWS_CONN_ID = "aws_default"
 DEFAULT_EMR_RELEASE = "emr-7.13.0"  # Spark 3.5.6 and Python 3.11: what requirements.txt pins and CI tests
 # spark_jobs/ at the repository root (or /opt/airflow/spark_jobs in the Docker image): dags/fruits_dag/ -> ../../
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+")
 
 
 def backends() -> tuple[str, ...]:
@@ -85,6 +86,26 @@ def _fraction(value: str) -> float:
     if not 0.0 < number < 1.0:
         raise ValueError(f"must be between 0 and 1 (exclusive), got {number}")
     return number
+
+
+def _instance_types(value: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in value.split(",") if t.strip())
+    bad = [t for t in types if not INSTANCE_TYPE.fullmatch(t)]
+    if bad or not types:
+        raise ValueError(f"must be EC2 instance types separated by commas (m5.xlarge,m6i.xlarge), got {value!r}")
+    return types
+
+
+def _wheelhouses(value: str) -> tuple[str, ...]:
+    if value.lower() == "build":
+        return ()
+    files = tuple(f.strip() for f in value.split(",") if f.strip())
+    bad = [f for f in files if not re.search(r"-(x86_64|aarch64)\.tar$", f)]
+    if bad:
+        raise ValueError(
+            f"must be 'build' or wheelhouse files named ...-x86_64.tar / ...-aarch64.tar (make wheelhouse), got {bad}"
+        )
+    return files
 
 
 def _count(value: str) -> int:
@@ -159,8 +180,9 @@ SETTINGS: tuple[Setting, ...] = (
         "fruits_weights",
         _text,
         "imagenet",
-        "MobileNetV2 no-top weights: a local `.h5` path (staged with the code), an `s3://` URI (`emr` "
-        "only, used as is), or `imagenet` (Keras downloads them: needs internet on the nodes).",
+        "MobileNetV2 no-top weights: a local `.h5` path, an `s3://` URI (`emr` only) or `imagenet` (Keras "
+        "downloads them). With `emr`, `stage_code` exports them to ONNX once and stages the export (the nodes have "
+        "no TensorFlow); a `.onnx` export is staged (or, in S3, used) as is.",
     ),
     Setting(
         "fruits_lookback_days",
@@ -189,6 +211,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Folder with the job scripts, `fruits_common/`, `requirements.txt`, `emr_bootstrap.sh`.",
         shown="`spark_jobs/` of the repository",
     ),
+    Setting(
+        "fruits_build_cache",
+        _path,
+        Path("~/.cache/fruits-pipeline").expanduser(),
+        "Folder on the Airflow workers where `stage_code` builds the EMR nodes' ONNX model and wheelhouses before "
+        "staging them (S3 keeps them too: a worker without the cache only re-checks S3).",
+        shown="`~/.cache/fruits-pipeline`",
+    ),
+    Setting(
+        "fruits_wheelhouse",
+        _wheelhouses,
+        (),
+        "The EMR nodes' Python packages: `build` (`stage_code` downloads the wheels of `requirements.txt` for "
+        "CPython 3.11 manylinux, once per requirements change and architecture) or prebuilt wheelhouse files "
+        "(`make wheelhouse`), comma-separated, one per architecture the cluster uses.",
+        shown="`build`",
+    ),
     Setting("fruits_emr_release", _text, DEFAULT_EMR_RELEASE, "EMR release label of the cluster."),
     Setting("fruits_emr_service_role", _text, "EMR_DefaultRole", "EMR service role (`ServiceRole`)."),
     Setting(
@@ -213,6 +252,14 @@ SETTINGS: tuple[Setting, ...] = (
         shown="`s3://<fruits_bucket>/logs/emr/`",
     ),
     Setting("fruits_emr_primary_instance_type", _text, "m5.xlarge", "Instance type of the primary node."),
+    Setting(
+        "fruits_emr_spot_instance_types",
+        _instance_types,
+        ("m5.xlarge", "m5a.xlarge", "m6i.xlarge", "m6a.xlarge", "m7i.xlarge"),
+        "With the run param `core_market=spot`, the other types the core fleet may launch besides "
+        "`core_instance_type` (same size, one unit each): more pools, fewer interruptions.",
+        shown="`m5.xlarge,m5a.xlarge,m6i.xlarge,m6a.xlarge,m7i.xlarge`",
+    ),
     # EMR accepts 60 s to 7 days.
     Setting(
         "fruits_emr_idle_timeout",
@@ -239,12 +286,15 @@ class Settings:
     pca_drift_threshold: float
     pca_keep_versions: int
     jobs_dir: Path
+    build_cache: Path
+    wheelhouse: tuple[str, ...]
     emr_release: str
     emr_service_role: str
     emr_instance_profile: str
     emr_subnet_id: str | None
     emr_log_uri: str
     emr_primary_instance_type: str
+    emr_spot_instance_types: tuple[str, ...]
     emr_idle_timeout: int
 
     @property

@@ -142,3 +142,33 @@ def get_model(model_file: str, engine: str = "onnx", threads: int = 1) -> Featur
             build = _onnx_function if engine == "onnx" else _keras_function
             _models[key] = build(model_file, threads)
         return _models[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fruits_common.embedding name WEIGHTS`` prints the ONNX export's file name;
+    ``... export WEIGHTS OUT.onnx`` writes the export. ``WEIGHTS``: a ``.h5`` file or ``imagenet``.
+
+    Airflow's ``stage_code`` runs these as a child process, so TensorFlow (~2 GB, many threads) never loads into
+    a task process, and the name and the export come from the code the jobs use.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fruits_common.embedding", description="The ONNX export.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("name", help="print the export's file name").add_argument("weights")
+    export = commands.add_parser("export", help="export the weights to ONNX")
+    export.add_argument("weights")
+    export.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    weights = download_imagenet_weights() if args.weights == IMAGENET else args.weights
+    if not os.path.isfile(weights):
+        parser.error(f"weights file not found: {weights}")
+    if args.command == "name":
+        print(onnx_name(weights))
+    else:
+        export_onnx(weights, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

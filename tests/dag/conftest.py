@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dag_harness import AIRFLOW, AIRFLOW_HOME, clean_env  # first: points Airflow at the private home
+from dag_harness import (  # first: points Airflow at the private home
+    AIRFLOW,
+    AIRFLOW_HOME,
+    STAND_IN_WHEELHOUSE,
+    clean_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +55,12 @@ def boto(moto_endpoint: str):
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> Path:
-    """A stand-in for the MobileNetV2 .h5 file, for the EMR tests: staging only copies bytes."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_test_weights.h5"
-    path.write_bytes(b"HDF5 stand-in " * 1000)
+    """Stand-ins for the EMR tests: the MobileNetV2 ONNX export (a given .onnx is staged as is, bytes copied) and,
+    beside it, a prebuilt x86_64 wheelhouse (staged and passed to the bootstrap, which moto never runs). The real
+    export and a real wheelhouse are tested in test_artifacts.py."""
+    folder = tmp_path_factory.mktemp("weights")
+    with tarfile.open(folder / STAND_IN_WHEELHOUSE, "w") as archive:
+        archive.addfile(tarfile.TarInfo("requirements.txt"))
+    path = folder / "mobilenet_v2_test.onnx"
+    path.write_bytes(b"ONNX stand-in " * 1000)
     return path

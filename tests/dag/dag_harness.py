@@ -121,6 +121,22 @@ def aws_connection(endpoint: str) -> str:
     )
 
 
+STAND_IN_WHEELHOUSE = "wheelhouse-test-cp311-x86_64.tar"
+
+
+def emr_variables(endpoint: str, bucket: str, weights: Path) -> dict[str, str]:
+    """The connection and Variables of a run on the EMR backend against moto: ``weights`` (a stand-in ONNX
+    export, staged as is) and the stand-in wheelhouse beside it (both made by the ``weights`` fixture)."""
+    return {
+        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
+        "AIRFLOW_VAR_FRUITS_BUCKET": bucket,
+        "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
+        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
+        "AIRFLOW_VAR_FRUITS_WHEELHOUSE": str(weights.parent / STAND_IN_WHEELHOUSE),
+        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+    }
+
+
 SPARK_SUBMIT_OPTIONS_WITH_VALUE = {
     "--deploy-mode",
     "--py-files",

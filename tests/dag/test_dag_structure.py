@@ -138,6 +138,8 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         "pca_refit": "auto",
         "core_instance_count": 2,
         "core_instance_type": "m5.xlarge",
+        "core_market": "on_demand",
+        "core_max_instances": None,
     }
     for name, bad in [
         ("mode", "everything"),
@@ -147,6 +149,8 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         ("core_instance_type", "big one"),
         ("pca_refit", "sometimes"),
         ("input_uri", ""),
+        ("core_market", "reserved"),
+        ("core_max_instances", 0),
     ]:
         params = copy.deepcopy(emr_dag.params)
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, aws_connection, dags_test, reset_moto
+from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, dags_test, emr_variables, reset_moto
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -45,11 +45,7 @@ def emr(moto_endpoint, boto) -> EmrEmulator:
 def run(moto_endpoint: str, weights: Path):
     """``airflow dags test`` of DATE on the EMR backend, retries one second apart."""
     env = {
-        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(moto_endpoint),
-        "AIRFLOW_VAR_FRUITS_BUCKET": BUCKET,
-        "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+        **emr_variables(moto_endpoint, BUCKET, weights),
         "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "20",
         "AIRFLOW__CORE__MAX_TASK_RETRY_DELAY": "1",
     }
@@ -207,11 +203,7 @@ def airflow(tmp_path_factory, moto_endpoint, weights) -> Iterator[Any]:
         plugins_folder=REPO_ROOT / "plugins",
         components=(*COMPONENTS, "triggerer"),
         extra_env={
-            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(moto_endpoint),
-            "AIRFLOW_VAR_FRUITS_BUCKET": BUCKET,
-            "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
-            "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
-            "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+            **emr_variables(moto_endpoint, BUCKET, weights),
             "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "600",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         },

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from dag_harness import REPO_ROOT, aws_connection, dags_test, parse_with_job, reset_moto, split_spark_submit
+from dag_harness import (
+    REPO_ROOT,
+    STAND_IN_WHEELHOUSE,
+    dags_test,
+    emr_variables,
+    parse_with_job,
+    reset_moto,
+    split_spark_submit,
+)
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -23,8 +31,9 @@ CODE_FILES = {
     "fruits_common.zip",
     "requirements.txt",
     "emr_bootstrap.sh",
-    "mobilenet_v2_test_weights.h5",
+    "mobilenet_v2_test.onnx",
 }
+ARTIFACTS = f"s3://{BUCKET}/code/artifacts"
 CONF = {"core_instance_count": 3, "core_instance_type": "m5.2xlarge", "pca_k": 50}
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -32,11 +41,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 def pipeline_env(endpoint: str, weights: Path, sensor_timeout: int = 20) -> dict[str, str]:
     return {
-        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
-        "AIRFLOW_VAR_FRUITS_BUCKET": BUCKET,
-        "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+        **emr_variables(endpoint, BUCKET, weights),
         "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": str(sensor_timeout),
     }
 
@@ -51,9 +56,12 @@ def prepare_bucket(boto, uploads: bool = True) -> None:
         s3.put_object(Bucket=BUCKET, Key="uploads/2026-04-30/IMG_0000.jpg", Body=b"jpeg bytes")
 
 
-def code_objects(boto) -> dict[str, object]:
-    listing = boto("s3").list_objects_v2(Bucket=BUCKET, Prefix="code/").get("Contents", [])
-    return {o["Key"]: o["LastModified"] for o in listing}
+def code_objects(boto, prefix: str = "code/") -> dict[str, object]:
+    """The staged files under ``prefix`` (by default the code bundles, not ``code/artifacts/``)."""
+    listing = boto("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return {
+        o["Key"]: o["LastModified"] for o in listing if prefix != "code/" or not o["Key"].startswith("code/artifacts/")
+    }
 
 
 def cluster_steps(boto, cluster_id: str) -> list[dict]:
@@ -79,7 +87,7 @@ def test_happy_path_runs_every_task(happy_run):
     assert len(result.states) == 13
 
 
-def test_happy_path_stages_code_and_weights_under_their_content_hash(happy_run, boto, weights):
+def test_happy_path_stages_code_and_model_under_their_content_hash(happy_run, boto, weights):
     objects = code_objects(boto)
     prefixes = {key.split("/")[1] for key in objects}
     assert len(prefixes) == 1 and re.fullmatch(r"[0-9a-f]{16}", next(iter(prefixes)))
@@ -88,7 +96,7 @@ def test_happy_path_stages_code_and_weights_under_their_content_hash(happy_run, 
     s3 = boto("s3")
     body = lambda name: s3.get_object(Bucket=BUCKET, Key=f"code/{digest}/{name}")["Body"].read()  # noqa: E731
     assert body("clean.py") == (REPO_ROOT / "spark_jobs" / "clean.py").read_bytes()
-    assert body("mobilenet_v2_test_weights.h5") == weights.read_bytes()
+    assert body("mobilenet_v2_test.onnx") == weights.read_bytes()
     shipped = zipfile.ZipFile(io.BytesIO(body("fruits_common.zip"))).namelist()
     assert "fruits_common/__init__.py" in shipped and not any("__pycache__" in n for n in shipped)
 
@@ -118,7 +126,9 @@ def test_happy_path_cluster_configuration(happy_run, boto):
     code = bootstrap["ScriptPath"].rsplit("/", 1)[0]
     assert re.fullmatch(rf"s3://{BUCKET}/code/[0-9a-f]{{16}}", code)
     assert bootstrap["ScriptPath"] == f"{code}/emr_bootstrap.sh"
-    assert bootstrap["Args"] == [f"{code}/requirements.txt"]
+    # Each node installs the wheelhouse of its architecture, staged once under code/artifacts/.
+    assert bootstrap["Args"] == [f"x86_64={ARTIFACTS}/{STAND_IN_WHEELHOUSE}"]
+    assert set(code_objects(boto, "code/artifacts/")) == {f"code/artifacts/{STAND_IN_WHEELHOUSE}"}
 
 
 def test_happy_path_steps_in_order_with_staged_scripts(happy_run, boto):
@@ -145,7 +155,7 @@ def test_happy_path_steps_in_order_with_staged_scripts(happy_run, boto):
     clean_inputs = clean_args[clean_args.index("--input") + 1 : clean_args.index("--output")]
     assert clean_inputs[-1] == f"s3://{BUCKET}/uploads/{DATE}"
     embed_args = steps[1]["Config"]["Args"]
-    assert embed_args[embed_args.index("--weights") + 1] == f"s3://{BUCKET}/{code}/mobilenet_v2_test_weights.h5"
+    assert embed_args[embed_args.index("--weights") + 1] == f"s3://{BUCKET}/{code}/mobilenet_v2_test.onnx"
     pca_args = steps[2]["Config"]["Args"]
     assert pca_args[pca_args.index("--k") + 1] == "50" and "--variance" not in pca_args
 
@@ -166,11 +176,12 @@ def test_templates_render_for_the_logical_date(happy_run):
 
 def test_rerun_of_the_same_date_stages_nothing_and_submits_the_same_steps(happy_run, moto_endpoint, weights, boto):
     _, _, first_clusters = happy_run
-    staged_before = code_objects(boto)
+    staged_before, artifacts_before = code_objects(boto), code_objects(boto, "code/artifacts/")
     with EmrEmulator():
         result = dags_test(DATE, pipeline_env(moto_endpoint, weights), conf=CONF)
     assert result.returncode == 0, result.explain()
     assert code_objects(boto) == staged_before  # same keys, none rewritten
+    assert code_objects(boto, "code/artifacts/") == artifacts_before
     assert "nothing uploaded" in result.log("stage_code")
 
     clusters = boto("emr").list_clusters()["Clusters"]

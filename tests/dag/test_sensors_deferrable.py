@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dag_harness import REPO_ROOT, aws_connection, dags_test, reset_moto
+from dag_harness import REPO_ROOT, dags_test, emr_variables, reset_moto
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -38,11 +38,7 @@ def bucket(moto_endpoint, boto):
 
 def env(endpoint: str, weights: Path, sensor_timeout: int) -> dict[str, str]:
     return {
-        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
-        "AIRFLOW_VAR_FRUITS_BUCKET": BUCKET,
-        "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
+        **emr_variables(endpoint, BUCKET, weights),
         "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": str(sensor_timeout),
     }
 

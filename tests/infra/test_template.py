@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fruits_dag import settings as dag_settings
+from fruits_dag.backends import emr
 from infra import deploy
 
 # The only actions the template allows on Resource "*": none has resource-level permissions in IAM.
@@ -147,6 +148,8 @@ def test_airflow_policy_is_what_the_dag_calls(template: dict[str, Any]) -> None:
         "elasticmapreduce:ListClusters",
         "elasticmapreduce:PutAutoTerminationPolicy",
         "elasticmapreduce:GetAutoTerminationPolicy",
+        "elasticmapreduce:PutManagedScalingPolicy",
+        "elasticmapreduce:GetManagedScalingPolicy",
     }
     manage = statements["ManageOwnClusters"]
     assert manage["Condition"] == {"StringEquals": {"elasticmapreduce:ResourceTag/project": "fruits"}}
@@ -183,6 +186,8 @@ def test_bucket_lifecycle_keeps_uploads_and_stages_unless_configured(template: d
     plain = {r["Prefix"]: r for r in rules if "Fn::If" not in r}
     assert plain["logs/"]["ExpirationInDays"] == {"Ref": "LogRetentionDays"}
     assert plain["code/"]["ExpirationInDays"] == {"Ref": "CodeRetentionDays"}
+    # The DAG rewrites staged files still in use once they are REFRESH_AFTER_DAYS old: they must outlive that.
+    assert template["Parameters"]["CodeRetentionDays"]["MinValue"] > emr.REFRESH_AFTER_DAYS + 1
     assert "ExpirationInDays" not in plain[""]  # only aborts stale multipart uploads
     optional = {r["Fn::If"][1]["Prefix"]: r["Fn::If"] for r in rules if "Fn::If" in r}
     assert set(optional) == {"uploads/", "stages/"}

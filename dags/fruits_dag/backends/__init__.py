@@ -2,7 +2,8 @@
 
 The DAG asks the configured backend for its tasks and never branches on which one it is:
 
-* :meth:`Backend.code_store`: where ``stage_code`` puts the code bundle;
+* :meth:`Backend.code_store`, :meth:`Backend.bundle`: where ``stage_code`` puts the code bundle, and what it is;
+* :meth:`Backend.prepare`: what else the run needs staged (the EMR nodes' ONNX model and wheelhouses);
 * :meth:`Backend.plan_extras`: what the backend adds to the run's plan (XCom), e.g. the EMR cluster request;
 * :meth:`Backend.key_sensor`: a sensor on files of the storage layout (uploads, ``_SUCCESS`` markers);
 * :meth:`Backend.setup`, :meth:`Backend.job_task`, :meth:`Backend.teardown`: the tasks before the first job (a
@@ -19,12 +20,13 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
 from fruits_dag import assets
-from fruits_dag.bundle import CodeStore
+from fruits_dag.bundle import Bundle, CodeStore, build_bundle
 from fruits_dag.params import RunParams
 from fruits_dag.plan import RunPlan
 from fruits_dag.settings import Settings
@@ -81,6 +83,15 @@ def marker_is_fresh(step_task_id: str, job: str | None = None, outlet: Asset | N
     return check
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`Backend.prepare` staged: the model file embed loads (None: the settings' weights) and values
+    for the backend's own plan extras."""
+
+    model: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
 class Backend(ABC):
     """The tasks and storage of one way of running the jobs; built from the settings when the DAG is parsed."""
 
@@ -97,7 +108,15 @@ class Backend(ABC):
     def code_store(self) -> CodeStore:
         """Where ``stage_code`` stages the bundle."""
 
-    def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str) -> dict[str, Any]:
+    def bundle(self) -> Bundle:
+        """The code bundle ``stage_code`` stages: the jobs, the shared package and a local weights file."""
+        return build_bundle(self.settings.jobs_dir, self.settings.weights)
+
+    def prepare(self, params: RunParams) -> Prepared:
+        """Stage what the run needs besides the bundle (nothing by default)."""
+        return Prepared()
+
+    def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str, prepared: Prepared) -> dict[str, Any]:
         """More XCom values of the run's plan, for this backend's own tasks (none by default)."""
         return {}
 

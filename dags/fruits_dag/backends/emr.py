@@ -4,7 +4,9 @@ Its tasks: ``create_cluster`` (:class:`EmrCreateRunCluster`: the cluster request
 at most once per run), ``add_steps`` (one ``command-runner.jar spark-submit`` step per job), one deferrable
 :class:`EmrStepWatcher` per job, ``S3KeySensor``s (reschedule mode) on the uploads and the ``_SUCCESS`` markers, and
 ``terminate_cluster`` (:class:`EmrTerminateRunClusters`) as the teardown of ``create_cluster``.
-The code bundle goes to ``s3://<bucket>/code/<digest>/`` through the ``aws_default`` connection.
+The code bundle goes to ``s3://<bucket>/code/<digest>/`` through the ``aws_default`` connection, and what the nodes
+need besides it (the ONNX export, the wheelhouse of each architecture: :mod:`fruits_dag.artifacts`) to
+``s3://<bucket>/code/artifacts/``: the bootstrap downloads nothing from the internet and installs no TensorFlow.
 
 A run's clusters are found by their tags (``airflow:dag_id``, ``airflow:run_id``), not only by the XCom of
 ``create_cluster``: that is how a retry reuses the cluster an earlier try made, how the duplicate left by a resent
@@ -15,8 +17,10 @@ timeout) stays the last safety net when no task gets to run.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.links.emr import EmrClusterLink, EmrLogsLink, get_log_uri
@@ -31,11 +35,13 @@ from airflow.providers.amazon.aws.triggers.emr import EmrStepSensorTrigger
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from fruits_dag import backends
-from fruits_dag.bundle import BundleFile
+from fruits_dag import artifacts, backends
+from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle
 from fruits_dag.params import RunParams
-from fruits_dag.plan import RunPlan
+from fruits_dag.plan import Layout, PlanError, RunPlan
 from fruits_dag.settings import AWS_CONN_ID, Settings
+
+log = logging.getLogger(__name__)
 
 # A failed step cancels the later ones and leaves the cluster up for the teardown task (and its logs intact).
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
@@ -45,6 +51,11 @@ CLUSTER_ID = "{{ ti.xcom_pull(task_ids='create_cluster') }}"
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 DAG_ID_TAG = "airflow:dag_id"
 RUN_ID_TAG = "airflow:run_id"
+# Spot: wait this long for Spot capacity at launch, then take on-demand instead (EMR's SWITCH_TO_ON_DEMAND).
+SPOT_TIMEOUT_MINUTES = 10
+# A staged file older than this is copied onto itself (a new LastModified), so that the bucket's expiry of code/
+# (CodeRetentionDays, at least REFRESH_AFTER_DAYS + 5 in infra/template.yaml) never removes one still in use.
+REFRESH_AFTER_DAYS = 30
 
 
 class EmrBackend(backends.Backend):
@@ -53,9 +64,64 @@ class EmrBackend(backends.Backend):
     def code_store(self) -> S3CodeStore:
         return S3CodeStore(AWS_CONN_ID)
 
-    def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str) -> dict[str, Any]:
+    def bundle(self) -> Bundle:
+        # The nodes load the ONNX export (prepare), not the Keras file; a given .onnx file is staged as is.
+        weights = self.settings.weights
+        return build_bundle(self.settings.jobs_dir, weights, stage_weights=weights.endswith(".onnx"))
+
+    def prepare(self, params: RunParams) -> backends.Prepared:
+        """Stage the ONNX export (unless the weights are one) and a wheelhouse per architecture of the cluster."""
+        settings, store = self.settings, self.code_store()
+        prefix, cache = Layout(settings.storage_root).artifacts(), settings.build_cache
+        model = None
+        if not settings.weights.endswith(".onnx"):
+            weights = settings.weights
+            if weights.startswith("s3://"):
+                weights = store.download(weights, cache / "weights")
+            model = artifacts.ensure_staged(artifacts.onnx_model(weights, settings.jobs_dir), prefix, cache, store)
+        node_types = (settings.emr_primary_instance_type, *core_instance_types(settings, params))
+        needed = sorted({artifacts.architecture(t) for t in node_types})
+        if settings.wheelhouse:
+            wheelhouses = self._given_wheelhouses(needed, prefix, store)
+        else:
+            requirements = artifacts.node_requirements((settings.jobs_dir / REQUIREMENTS).read_text())
+            wheelhouses = {
+                arch: artifacts.ensure_staged(artifacts.wheelhouse(requirements, arch), prefix, cache, store)
+                for arch in needed
+            }
+        return backends.Prepared(model=model, extras={"wheelhouses": wheelhouses})
+
+    def _given_wheelhouses(self, needed: list[str], prefix: str, store: S3CodeStore) -> dict[str, str]:
+        """The prebuilt wheelhouses of the Variable, by architecture; local files are staged (if missing)."""
+        given = {name.rsplit("-", 1)[-1].removesuffix(".tar"): name for name in self.settings.wheelhouse}
+        missing = [arch for arch in needed if arch not in given]
+        if missing:
+            raise PlanError(
+                f"the cluster needs a wheelhouse for {', '.join(missing)} and Variable fruits_wheelhouse has none "
+                "(make wheelhouse ARCH=..., or set it to 'build')"
+            )
+        staged = {}
+        for arch in needed:
+            source = given[arch]
+            if source.startswith("s3://"):
+                staged[arch] = source
+                continue
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"wheelhouse not found: {path} (Variable fruits_wheelhouse)")
+            uri = f"{prefix}/{path.name}"
+            if store.size_of(uri) == path.stat().st_size:
+                store.refresh(uri)
+            else:
+                store.write(uri, BundleFile(path.name, path=path))
+            staged[arch] = uri
+        return staged
+
+    def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str, prepared: backends.Prepared) -> dict[str, Any]:
         return {
-            "job_flow_overrides": cluster_config(self.settings, params, plan.run_date, plan.code_uri, run_id),
+            "job_flow_overrides": cluster_config(
+                self.settings, params, plan.run_date, plan.code_uri, run_id, prepared.extras["wheelhouses"]
+            ),
             "emr_steps": emr_steps(plan),
         }
 
@@ -118,44 +184,118 @@ def emr_steps(plan: RunPlan) -> list[dict[str, Any]]:
     ]
 
 
-def cluster_config(settings: Settings, params: RunParams, day: dt.date, code_uri: str, run_id: str) -> dict[str, Any]:
-    """``RunJobFlow`` arguments of the run's transient cluster (``EmrCreateJobFlowOperator`` overrides)."""
-    instances: dict[str, Any] = {
-        "InstanceGroups": [
-            {
-                "Name": "primary",
-                "InstanceRole": "MASTER",
-                "Market": "ON_DEMAND",
-                "InstanceType": settings.emr_primary_instance_type,
-                "InstanceCount": 1,
-            },
-            {
-                "Name": "core",
-                "InstanceRole": "CORE",
-                "Market": "ON_DEMAND",
-                "InstanceType": params.core_instance_type,
-                "InstanceCount": params.core_instance_count,
-            },
-        ],
-        # Steps are added after creation; the teardown task (or the idle timeout) ends the cluster.
-        "KeepJobFlowAliveWhenNoSteps": True,
-        "TerminationProtected": False,
+def core_instance_types(settings: Settings, params: RunParams) -> list[str]:
+    """The instance types the core nodes may have: the param's, and with Spot the Variable's alternatives."""
+    types = [params.core_instance_type]
+    if params.core_market == "spot":
+        types += [t for t in settings.emr_spot_instance_types if t != params.core_instance_type]
+    return types
+
+
+def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
+    """``Instances`` of the cluster: instance groups (on-demand core), or instance fleets (Spot core)."""
+    if params.core_max_instances is not None and params.core_max_instances < params.core_instance_count:
+        raise PlanError(
+            f"param core_max_instances ({params.core_max_instances}) is below core_instance_count "
+            f"({params.core_instance_count})"
+        )
+    core_types = core_instance_types(settings, params)
+    instances: dict[str, Any]
+    if params.core_market == "spot":
+        instances = {
+            "InstanceFleets": [
+                {
+                    "Name": "primary",
+                    "InstanceFleetType": "MASTER",
+                    "TargetOnDemandCapacity": 1,
+                    "InstanceTypeConfigs": [{"InstanceType": settings.emr_primary_instance_type}],
+                },
+                {
+                    "Name": "core",
+                    "InstanceFleetType": "CORE",
+                    "TargetSpotCapacity": params.core_instance_count,
+                    "InstanceTypeConfigs": [{"InstanceType": t, "WeightedCapacity": 1} for t in core_types],
+                    "LaunchSpecifications": {
+                        "SpotSpecification": {
+                            "TimeoutDurationMinutes": SPOT_TIMEOUT_MINUTES,
+                            "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+                            # The pools least likely to be interrupted, among the cheapest.
+                            "AllocationStrategy": "price-capacity-optimized",
+                        },
+                        "OnDemandSpecification": {"AllocationStrategy": "lowest-price"},
+                    },
+                },
+            ]
+        }
+        if settings.emr_subnet_id:
+            instances["Ec2SubnetIds"] = [settings.emr_subnet_id]
+    else:
+        instances = {
+            "InstanceGroups": [
+                {
+                    "Name": "primary",
+                    "InstanceRole": "MASTER",
+                    "Market": "ON_DEMAND",
+                    "InstanceType": settings.emr_primary_instance_type,
+                    "InstanceCount": 1,
+                },
+                {
+                    "Name": "core",
+                    "InstanceRole": "CORE",
+                    "Market": "ON_DEMAND",
+                    "InstanceType": params.core_instance_type,
+                    "InstanceCount": params.core_instance_count,
+                },
+            ]
+        }
+        if settings.emr_subnet_id:
+            instances["Ec2SubnetId"] = settings.emr_subnet_id
+    # Steps are added after creation; the teardown task (or the idle timeout) ends the cluster.
+    return {**instances, "KeepJobFlowAliveWhenNoSteps": True, "TerminationProtected": False}
+
+
+def managed_scaling(params: RunParams) -> dict[str, Any] | None:
+    """``ManagedScalingPolicy``: core nodes between ``core_instance_count`` and ``core_max_instances``."""
+    if params.core_max_instances is None:
+        return None
+    fleets = params.core_market == "spot"
+    limits = {
+        "UnitType": "InstanceFleetUnits" if fleets else "Instances",
+        "MinimumCapacityUnits": params.core_instance_count,
+        "MaximumCapacityUnits": params.core_max_instances,
+        "MaximumCoreCapacityUnits": params.core_max_instances,
+        # With Spot, scaling adds Spot units only; on-demand, every unit is on-demand.
+        "MaximumOnDemandCapacityUnits": 0 if fleets else params.core_max_instances,
     }
-    if settings.emr_subnet_id:
-        instances["Ec2SubnetId"] = settings.emr_subnet_id
+    return {"ComputeLimits": limits}
+
+
+def cluster_config(
+    settings: Settings,
+    params: RunParams,
+    day: dt.date,
+    code_uri: str,
+    run_id: str,
+    wheelhouses: dict[str, str],
+) -> dict[str, Any]:
+    """``RunJobFlow`` arguments of the run's transient cluster (``EmrCreateJobFlowOperator`` overrides).
+
+    ``wheelhouses``: the staged wheelhouse of each architecture (``{"x86_64": "s3://..."}``), for the bootstrap.
+    """
     python = {"PYSPARK_PYTHON": PYTHON_ON_NODES, "PYSPARK_DRIVER_PYTHON": PYTHON_ON_NODES}
-    return {
+    config: dict[str, Any] = {
         "Name": f"fruits-pipeline-{day.isoformat()}",
         "ReleaseLabel": settings.emr_release,
         "Applications": [{"Name": "Spark"}],
         "LogUri": settings.emr_log_uri,
-        "Instances": instances,
+        "Instances": instances_config(settings, params),
         "BootstrapActions": [
             {
                 "Name": "python dependencies",
                 "ScriptBootstrapAction": {
                     "Path": f"{code_uri}/emr_bootstrap.sh",
-                    "Args": [f"{code_uri}/requirements.txt"],
+                    # arch=URI pairs: each node installs the wheelhouse of its own architecture.
+                    "Args": [f"{arch}={uri}" for arch, uri in sorted(wheelhouses.items())],
                 },
             }
         ],
@@ -177,10 +317,14 @@ def cluster_config(settings: Settings, params: RunParams, day: dt.date, code_uri
             {"Key": "fruits:run_date", "Value": day.isoformat()},
         ],
     }
+    scaling = managed_scaling(params)
+    if scaling:
+        config["ManagedScalingPolicy"] = scaling
+    return config
 
 
 class S3CodeStore:
-    """The bundle in S3, through the ``aws_default`` connection."""
+    """The bundle and the artifacts in S3, through the ``aws_default`` connection."""
 
     def __init__(self, aws_conn_id: str) -> None:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -198,6 +342,37 @@ class S3CodeStore:
             self.hook.load_bytes(file.data, key=key, bucket_name=bucket, replace=True)
         else:
             self.hook.load_file(str(file.path), key=key, bucket_name=bucket, replace=True)
+
+    def refresh(self, uri: str) -> None:
+        """Copy a staged file older than ``REFRESH_AFTER_DAYS`` onto itself: the bucket's expiry of ``code/``
+        counts from the last write, so what every night still uses is never expired under a running cluster."""
+        bucket, key = self.hook.parse_s3_url(uri)
+        head = self.hook.head_object(key=key, bucket_name=bucket)
+        if head is None or dt.datetime.now(dt.UTC) - head["LastModified"] < dt.timedelta(days=REFRESH_AFTER_DAYS):
+            return
+        # Server-side; a copy onto itself must replace something (its metadata, kept identical).
+        self.hook.get_conn().copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": bucket, "Key": key},
+            Metadata=head.get("Metadata", {}),
+            MetadataDirective="REPLACE",
+        )
+        log.info("Refreshed %s (older than %d days)", uri, REFRESH_AFTER_DAYS)
+
+    def download(self, uri: str, folder: Path) -> str:
+        """A local copy of the S3 file ``uri`` under ``folder/<ETag>/`` (kept: fetched once per content)."""
+        bucket, key = self.hook.parse_s3_url(uri)
+        head = self.hook.head_object(key=key, bucket_name=bucket)
+        if head is None:
+            raise FileNotFoundError(f"weights file not found: {uri} (Variable fruits_weights)")
+        target = folder / head["ETag"].strip('"') / key.rsplit("/", 1)[-1]
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            self.hook.get_conn().download_file(bucket, key, str(partial))
+            partial.replace(target)
+        return str(target)
 
 
 def run_tags(dag_id: str, run_id: str) -> dict[str, str]:

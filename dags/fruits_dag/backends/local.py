@@ -232,3 +232,6 @@ class LocalCodeStore:
                 with open(file.path, "rb") as source:  # type: ignore[arg-type]
                     shutil.copyfileobj(source, tmp)
         Path(tmp.name).replace(target)
+
+    def refresh(self, uri: str) -> None:
+        """Nothing to do: local files do not expire."""
