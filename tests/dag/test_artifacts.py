@@ -58,6 +58,30 @@ def test_the_nodes_requirements_leave_out_tensorflow_and_the_exporter():
     assert all("==" in line for line in nodes.splitlines() if line and not line.startswith("#"))
 
 
+def test_the_nodes_requirements_pin_every_dependency_at_the_tested_version():
+    """The wheelhouse holds exactly these pins: each node package's dependencies must be among them, at the
+    versions this environment (the one the tests run in) has."""
+    from importlib.metadata import distribution
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    nodes = artifacts.node_requirements(REQUIREMENTS.read_text())
+    pins = dict(
+        (canonicalize_name(name), version)
+        for name, version in (line.split("#")[0].strip().split("==") for line in nodes.splitlines() if "==" in line)
+    )
+    environment = {**default_environment(), "extra": ""}
+    missing = set()
+    for name in pins:
+        assert distribution(name).version == pins[name], f"{name}: pinned {pins[name]}, tests run on another"
+        for requirement in map(Requirement, distribution(name).requires or []):
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                missing |= {canonicalize_name(requirement.name)} - pins.keys()
+    assert not missing, f"dependencies of node packages without a pin in requirements.txt: {sorted(missing)}"
+
+
 def test_a_wheelhouse_is_named_by_its_inputs():
     first = artifacts.wheelhouse(TINY + "\n", "x86_64")
     assert first.name == artifacts.wheelhouse(TINY + "\n", "x86_64").name

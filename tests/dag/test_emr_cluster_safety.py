@@ -108,6 +108,20 @@ def test_a_run_job_flow_carried_out_but_answered_500_leaves_no_cluster_running(
     assert used["Id"] == oldest["Id"] == result.rendered["terminate_cluster"]["job_flow_id"]
 
 
+def test_add_steps_carried_out_but_answered_500_adds_each_step_once(moto_endpoint, weights, boto, emr):
+    """AddJobFlowSteps has no idempotency token: the call is not resent by botocore, and the task's retry finds the
+    steps the lost call added and watches those."""
+    emr.fail_next("AddJobFlowSteps", status=500, code="InternalServerError", carry_out=True)
+    result = run(moto_endpoint, weights)
+
+    assert result.returncode == 0, result.explain()
+    assert emr.statuses("AddJobFlowSteps") == [500]  # one call, not resent; the retry only listed the steps
+    (cluster,) = clusters(boto).values()
+    assert [s["Name"] for s in cluster["steps"]] == ["report", "pca", "embed", "clean"]  # each once (newest first)
+    assert {s["Status"]["State"] for s in cluster["steps"]} == {"COMPLETED"}
+    assert "has the steps already" in result.log("add_steps")
+
+
 def test_a_create_task_failing_after_the_cluster_exists_terminates_it(moto_endpoint, weights, boto, emr):
     """The last try fails after RunJobFlow made the cluster (tries 1 and 2 fail before, listing the clusters):
     no retry will reuse it and the teardown does not run after a failed setup, so the task terminates it."""

@@ -16,6 +16,7 @@ timeout) stays the last safety net when no task gets to run.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import logging
 import math
@@ -139,7 +140,7 @@ class EmrBackend(backends.Backend):
             emr_conn_id=None,
             job_flow_overrides=backends.from_plan("job_flow_overrides"),
         )
-        add_steps = EmrAddStepsOperator(
+        add_steps = EmrAddRunSteps(
             task_id="add_steps", aws_conn_id=AWS_CONN_ID, job_flow_id=CLUSTER_ID, steps=backends.from_plan("emr_steps")
         )
         return (create_cluster, add_steps)
@@ -489,6 +490,36 @@ class EmrCreateRunCluster(EmrCreateJobFlowOperator):
 
     def on_kill(self) -> None:
         self._terminate_run_clusters("create_cluster was killed (run marked failed or cleared)", self._job_flow_id)
+
+
+class EmrAddRunSteps(EmrAddStepsOperator):
+    """``EmrAddStepsOperator`` that adds the run's steps to its cluster once.
+
+    ``AddJobFlowSteps`` has no idempotency token: a call that AWS carried out but whose answer was lost, sent again
+    by botocore or by a retry of this task, would add every job a second time (the run's cluster is fresh, so any
+    step on it was added by this task). botocore does not resend it here; a retry first lists the cluster's steps
+    and, when they are the plan's steps, returns their ids instead of adding them again.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(botocore_config={"retries": {"mode": "standard", "max_attempts": 1}}, **kwargs)
+
+    def execute(self, context: Any) -> list[str]:
+        steps = ast.literal_eval(self.steps) if isinstance(self.steps, str) else self.steps
+        wanted = [step["Name"] for step in steps]
+        pages = self.hook.conn.get_paginator("list_steps").paginate(ClusterId=self.job_flow_id)
+        existing = [step for page in pages for step in page["Steps"]][::-1]  # ListSteps: newest first
+        if not existing:
+            return super().execute(context)
+        if [step["Name"] for step in existing] == wanted:
+            self.log.info(
+                "The steps are already on cluster %s (an earlier try added them): reusing them", self.job_flow_id
+            )
+            return [step["Id"] for step in existing]
+        raise AirflowFailException(
+            f"EMR cluster {self.job_flow_id} already has steps {[s['Name'] for s in existing]}, not this run's "
+            f"{wanted}: clear the whole run (create_cluster then makes a new cluster)"
+        )
 
 
 class EmrTerminateRunClusters(EmrTerminateJobFlowOperator):
