@@ -119,7 +119,7 @@ def test_add_steps_carried_out_but_answered_500_adds_each_step_once(moto_endpoin
     (cluster,) = clusters(boto).values()
     assert [s["Name"] for s in cluster["steps"]] == ["report", "pca", "embed", "clean"]  # each once (newest first)
     assert {s["Status"]["State"] for s in cluster["steps"]} == {"COMPLETED"}
-    assert "has the steps already" in result.log("add_steps")
+    assert "The steps are already on cluster" in result.log("add_steps")
 
 
 def test_a_create_task_failing_after_the_cluster_exists_terminates_it(moto_endpoint, weights, boto, emr):

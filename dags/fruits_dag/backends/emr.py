@@ -502,7 +502,7 @@ class EmrAddRunSteps(EmrAddStepsOperator):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(botocore_config={"retries": {"mode": "standard", "max_attempts": 1}}, **kwargs)
+        super().__init__(botocore_config={"retries": {"mode": "standard", "total_max_attempts": 1}}, **kwargs)
 
     def execute(self, context: Any) -> list[str]:
         steps = ast.literal_eval(self.steps) if isinstance(self.steps, str) else self.steps
