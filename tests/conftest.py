@@ -1,8 +1,9 @@
-"""Shared test fixtures: where the real sample images and MobileNetV2 weights live on this machine."""
+"""Shared test fixtures: the real sample images and MobileNetV2 weights on this machine, and a moto server as AWS."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,15 @@ def weights_file() -> Path:
     if not WEIGHTS_FILE.is_file():
         pytest.fail(f"MobileNetV2 weights not found at {WEIGHTS_FILE}; set FRUITS_TEST_WEIGHTS")
     return WEIGHTS_FILE
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on 127.0.0.1 (real HTTP: the DAG's subprocess talks to it like to AWS)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -1,10 +1,9 @@
-"""Fixtures for the DAG tests: the migrated Airflow database, a moto server as AWS, boto3 clients on it."""
+"""Fixtures for the DAG tests: the migrated Airflow database, boto3 clients on the moto server, stand-in artifacts."""
 
 from __future__ import annotations
 
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ def airflow_db() -> Path:
     """The metadata database, migrated once per session (``airflow dags test`` needs it)."""
     subprocess.run([AIRFLOW, "db", "migrate"], env=clean_env({}), check=True, capture_output=True, timeout=300)
     return AIRFLOW_HOME / "airflow.db"
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A moto server on 127.0.0.1 (real HTTP: the DAG's subprocess talks to it like to AWS)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ what a file that cannot be read becomes (a rejection, not a failed task)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import boto3
 import pandas as pd
 import pytest
@@ -16,17 +14,6 @@ from repo import SAMPLE_DIR
 PHOTO = next(iter(sorted(SAMPLE_DIR.glob("Training/*/*.jpg"))))
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_local_paths_as_spark_lists_them(tmp_path):
     target = tmp_path / "a b é.jpg"  # Spark reports such paths unencoded: file:/.../a b é.jpg
     target.write_bytes(PHOTO.read_bytes())
@@ -34,13 +21,13 @@ def test_local_paths_as_spark_lists_them(tmp_path):
         assert files.read_bytes(path) == PHOTO.read_bytes()
 
 
-def test_s3_paths_are_read_with_the_standard_aws_settings(s3_endpoint, monkeypatch):
+def test_s3_paths_are_read_with_the_standard_aws_settings(moto_endpoint, monkeypatch):
     s3 = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
     )
     s3.create_bucket(Bucket="fruits-uploads")
     s3.put_object(Bucket="fruits-uploads", Key="uploads/2026-05-01/IMG 0001.jpg", Body=PHOTO.read_bytes())
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     files._s3.cache_clear()
