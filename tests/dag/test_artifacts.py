@@ -210,23 +210,6 @@ def test_an_old_staged_file_is_refreshed_in_s3(moto_endpoint, boto, monkeypatch)
     assert after["Metadata"] == {"k": "v"} and after["ContentLength"] == len(b"wheels")
 
 
-@pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason=f"weights file missing: {WEIGHTS_FILE}")
-def test_the_onnx_export_made_on_the_airflow_side_matches_keras(tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "spark_jobs"))
-    from fruits_common import embedding, images
-
-    artifact = artifacts.onnx_model(str(WEIGHTS_FILE), REPO_ROOT / "spark_jobs")
-    assert artifact.name == embedding.onnx_name(str(WEIGHTS_FILE))
-    artifact.build(tmp_path / artifact.name)
-
-    photo = next(iter(sorted(SAMPLE_DIR.glob("Training/*/*.jpg"))))
-    pixels = images.model_input(photo.read_bytes())[np.newaxis]
-    exported = embedding.get_model(str(tmp_path / artifact.name), "onnx", threads=2)(pixels)
-    keras = embedding.keras_feature_function(str(WEIGHTS_FILE))(pixels.astype(np.float32))["features"].numpy()
-    assert exported.shape == (1, 1280)
-    np.testing.assert_allclose(exported, keras, atol=1e-4)
-
-
 def test_a_missing_weights_file_fails_the_export_with_its_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         artifacts.onnx_model(str(tmp_path / "nope.h5"), REPO_ROOT / "spark_jobs")
@@ -286,3 +269,31 @@ def test_prepare_refuses_prebuilt_wheelhouses_without_the_clusters_architecture(
     }
     with pytest.raises(PlanError, match="aarch64"):
         backend.prepare(RunParams(core_instance_type="m7g.xlarge"))
+
+
+@pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason=f"weights file missing: {WEIGHTS_FILE}")
+def test_prepare_exports_the_keras_weights_to_onnx_once_and_the_export_matches_keras(emr_backend, boto, tmp_path):
+    """The Keras weights become the ONNX model embed loads on the nodes: exported on the Airflow side by the jobs'
+    own exporter, staged under code/artifacts/, equal to Keras; a worker with an empty cache exports nothing."""
+    from fruits_dag.params import RunParams
+
+    sys.path.insert(0, str(REPO_ROOT / "spark_jobs"))
+    from fruits_common import embedding, images
+
+    prepared = emr_backend(fruits_weights=str(WEIGHTS_FILE)).prepare(RunParams())
+    name = embedding.onnx_name(str(WEIGHTS_FILE))
+    assert prepared.model == f"s3://fruits-prepare/code/artifacts/{name}"
+    staged = tmp_path / name
+    staged.write_bytes(boto("s3").get_object(Bucket="fruits-prepare", Key=f"code/artifacts/{name}")["Body"].read())
+
+    photo = next(iter(sorted(SAMPLE_DIR.glob("Training/*/*.jpg"))))
+    pixels = images.model_input(photo.read_bytes())[np.newaxis]
+    exported = embedding.get_model(str(staged), "onnx", threads=2)(pixels)
+    keras = embedding.keras_feature_function(str(WEIGHTS_FILE))(pixels.astype(np.float32))["features"].numpy()
+    assert exported.shape == (1, 1280)
+    np.testing.assert_allclose(exported, keras, atol=1e-4)
+
+    other_cache = tmp_path / "other-worker-cache"
+    again = emr_backend(fruits_weights=str(WEIGHTS_FILE), fruits_build_cache=str(other_cache)).prepare(RunParams())
+    assert again.model == prepared.model
+    assert not other_cache.exists() or not any(other_cache.rglob("*.onnx"))  # S3 had it: nothing exported
