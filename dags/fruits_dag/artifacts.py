@@ -29,7 +29,6 @@ from fruits_dag.bundle import BundleFile, CodeStore
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = "artifacts"  # under code/
 NODE_PYTHON = "3.11"  # what emr_bootstrap.sh installs and requirements.txt is tested with
 ARCHITECTURES = ("x86_64", "aarch64")
 NOT_ON_NODES = "not-on-nodes"  # the requirements.txt marker of packages the nodes never get (TensorFlow...)

@@ -122,20 +122,26 @@ class CodeStore(Protocol):
     def refresh(self, uri: str) -> None: ...
 
 
+def stage_file(file: BundleFile, uri: str, store: CodeStore) -> bool:
+    """Put ``file`` at ``uri`` unless a file of its size is there (then only keep it fresh); True when written.
+
+    Used under content-named prefixes only, where a file present with the right size is this very file (S3 and the
+    local store both write a file whole or not at all).
+    """
+    if store.size_of(uri) == file.size:
+        store.refresh(uri)
+        return False
+    store.write(uri, file)
+    return True
+
+
 def stage(bundle: Bundle, code_uri: str, store: CodeStore) -> list[str]:
     """Put each bundle file at ``<code_uri>/<name>`` unless it is already there; returns the names written.
 
     The prefix is the bundle's content digest, so a file present with the right size is this very file (S3 and
     the local store both write a file whole or not at all).
     """
-    written = []
-    for file in bundle.files:
-        uri = f"{code_uri}/{file.name}"
-        if store.size_of(uri) == file.size:
-            store.refresh(uri)
-            continue
-        store.write(uri, file)
-        written.append(file.name)
+    written = [file.name for file in bundle.files if stage_file(file, f"{code_uri}/{file.name}", store)]
     if written:
         log.info("Staged %s under %s", ", ".join(written), code_uri)
     else:

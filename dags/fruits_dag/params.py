@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 
 from airflow.sdk import Param
 
+from fruits_dag.settings import INSTANCE_TYPE
+
 Mode = Literal["incremental", "full"]
 Refit = Literal["auto", "always", "never"]
 Market = Literal["on_demand", "spot"]
@@ -94,7 +96,7 @@ def dag_params() -> dict[str, Param]:
         "core_instance_type": Param(
             default.core_instance_type,
             type="string",
-            pattern=r"^[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+$",
+            pattern=f"^{INSTANCE_TYPE.pattern}$",
             title="EMR core node type",
             description_md="EC2 instance type of the core nodes, e.g. `m5.xlarge`, or Graviton (`m7g.xlarge`): "
             "each node installs the wheelhouse of its own architecture. Ignored by the local backend.",

@@ -24,7 +24,7 @@ AWS_CONN_ID = "aws_default"
 DEFAULT_EMR_RELEASE = "emr-7.13.0"  # Spark 3.5.6 and Python 3.11: what requirements.txt pins and CI tests
 # spark_jobs/ at the repository root (or /opt/airflow/spark_jobs in the Docker image): dags/fruits_dag/ -> ../../
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
-INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+")
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+")  # an EC2 instance type (Variables and params)
 
 
 def backends() -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from fruits_dag import artifacts, backends
-from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle
+from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle, stage_file
 from fruits_dag.params import RunParams
 from fruits_dag.plan import Layout, PlanError, RunPlan
 from fruits_dag.settings import AWS_CONN_ID, Settings
@@ -110,12 +110,8 @@ class EmrBackend(backends.Backend):
             path = Path(source).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"wheelhouse not found: {path} (Variable fruits_wheelhouse)")
-            uri = f"{prefix}/{path.name}"
-            if store.size_of(uri) == path.stat().st_size:
-                store.refresh(uri)
-            else:
-                store.write(uri, BundleFile(path.name, path=path))
-            staged[arch] = uri
+            staged[arch] = f"{prefix}/{path.name}"
+            stage_file(BundleFile(path.name, path=path), staged[arch], store)
         return staged
 
     def plan_extras(self, plan: RunPlan, params: RunParams, run_id: str, prepared: backends.Prepared) -> dict[str, Any]:
