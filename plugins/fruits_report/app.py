@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
@@ -25,8 +25,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from fruits_report.auth import require_run_reader
-from fruits_report.pipeline import DAG_ID, BadSettings, aws_conn_id, load_settings
+from fruits_report.pipeline import DAG_ID, BadSettings, aws_conn_id, layout, load_settings
 from fruits_report.runs import RunStatus, lookup_run
+
+if TYPE_CHECKING:
+    from fruits_dag.plan import Layout
+
 from fruits_report.store import (
     MEDIA_TYPES,
     PLOTS,
@@ -38,7 +42,6 @@ from fruits_report.store import (
     check_name,
     parse_day,
     read_report,
-    uri,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ SUMMARY = (
     ("duplicates", "duplicates (among the rejected)"),
     ("final_rows", "rows in the final dataset (all dates)"),
 )
-# Fields of newer reports (PCA versions, drift, upload days), shown when present; older names too.
+# Fields of newer reports (PCA versions, drift, upload days), shown when present.
 IMAGE_EXTRAS = (
     ("upload_days", "upload days covered"),
     ("skipped_already_processed", "skipped (processed by an earlier run)"),
@@ -67,12 +70,12 @@ IMAGE_EXTRAS = (
 PCA_EXTRAS = (
     ("pca_version", "PCA version"),
     ("pca_refitted", "refitted by this run"),
-    ("refitted", "refitted by this run"),
     ("pca_refit_reason", "refit reason"),
     ("pca_drift", "drift"),
-    ("drift", "drift"),
     ("pca_rows_projected", "rows projected"),
 )
+# Every key shown in a section of its own; the rest are listed as they are.
+SHOWN_KEYS = KNOWN_KEYS | {key for key, _ in IMAGE_EXTRAS + PCA_EXTRAS}
 SECURITY_HEADERS = {
     # Only the Airflow UI (same origin) may frame the pages; no script runs in them, images come from here.
     "Content-Security-Policy": (
@@ -166,19 +169,20 @@ def _page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse
 
 def _report_context(request: Request, store: ReportStore, day: dt.date, report: dict[str, Any] | None) -> dict:
     base = _base(request)
-    root = store.root
+    paths = layout(store.root)
+    partition = f"ingest_date={day.isoformat()}"
     context: dict[str, Any] = {
         "base": base,
         "day": day.isoformat(),
         "report": report,
-        "report_uri": uri(root, "reports", day.isoformat(), "report.json"),
+        "report_uri": f"{paths.report(day)}/report.json",
         "outputs": [
-            ("report folder", uri(root, "reports", day.isoformat()) + "/"),
-            ("clean images of the run date", uri(root, "stages", "clean", f"ingest_date={day.isoformat()}") + "/"),
-            ("rejected files of the run date", uri(root, "stages", "rejected", f"ingest_date={day.isoformat()}") + "/"),
-            ("embeddings (all dates)", uri(root, "stages", "embed") + "/"),
-            ("final features (PCA, all dates)", _pca_output(root, report)),
-            ("PCA model", (report or {}).get("pca_model") or uri(root, "models", "pca") + "/"),
+            ("report folder", f"{paths.report(day)}/"),
+            ("clean images of the run date", f"{paths.stage('clean')}/{partition}/"),
+            ("rejected files of the run date", f"{paths.stage('rejected')}/{partition}/"),
+            ("embeddings (all dates)", f"{paths.stage('embed')}/"),
+            ("final features (PCA, all dates)", _pca_output(paths, report)),
+            ("PCA model", (report or {}).get("pca_model") or f"{paths.pca_model()}/"),
         ],
     }
     if report is None:
@@ -189,11 +193,7 @@ def _report_context(request: Request, store: ReportStore, day: dt.date, report: 
         summary=[(key, label, report[key]) for key, label in SUMMARY if key in report],
         image_extras=[(key, label, report[key]) for key, label in IMAGE_EXTRAS if key in report],
         pca_extras=[(key, label, report[key]) for key, label in PCA_EXTRAS if key in report],
-        others=[
-            (key, value)
-            for key, value in report.items()
-            if key not in KNOWN_KEYS and key not in dict(IMAGE_EXTRAS + PCA_EXTRAS)
-        ],
+        others=[(key, value) for key, value in report.items() if key not in SHOWN_KEYS],
         variance=cumulative[-1] if cumulative else None,
         components=list(zip(range(1, SHOWN_COMPONENTS + 1), explained, cumulative, strict=False)),
         more_components=max(0, len(cumulative) - SHOWN_COMPONENTS),
@@ -204,10 +204,10 @@ def _report_context(request: Request, store: ReportStore, day: dt.date, report: 
     return context
 
 
-def _pca_output(root: str, report: dict[str, Any] | None) -> str:
+def _pca_output(paths: Layout, report: dict[str, Any] | None) -> str:
     # Versioned reports: the product reads the current version's partition.
     version = (report or {}).get("pca_version")
-    return uri(root, "stages", "pca", *([f"pca_version={version}"] if version else [])) + "/"
+    return f"{paths.stage('pca')}/" + (f"pca_version={version}/" if version else "")
 
 
 def _file_href(base: str, day: dt.date, name: str) -> str:

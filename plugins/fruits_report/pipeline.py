@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fruits_dag.plan import Layout
     from fruits_dag.settings import Settings
 
 DAG_ID = "fruits_pipeline"
@@ -53,3 +54,11 @@ def run_date_of(logical_date: dt.datetime | None, run_after: dt.datetime) -> dt.
     from fruits_dag.plan import run_date
 
     return run_date(logical_date, run_after)
+
+
+def layout(root: str) -> Layout:
+    """The storage layout under ``root`` (:class:`fruits_dag.plan.Layout`: where each output lives)."""
+    _dags_folder_on_path()
+    from fruits_dag.plan import Layout
+
+    return Layout(root)

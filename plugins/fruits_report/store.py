@@ -8,6 +8,7 @@ credentials of the Airflow connection ``aws_default``; nothing here returns or l
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -55,11 +56,6 @@ class ReportStore(Protocol):
     def days(self) -> list[dt.date]:
         """Every run date with a report folder, newest first."""
         ...
-
-
-def uri(root: str, *parts: str) -> str:
-    """``root/part/part``: a location under the storage root, to show (never to read from)."""
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def read_report(store: ReportStore, day: dt.date) -> dict[str, Any] | None:
@@ -117,7 +113,9 @@ class S3ReportStore:
     def root(self) -> str:
         return f"s3://{self.bucket}"
 
+    @functools.cached_property
     def _client(self) -> Any:
+        """One S3 client per store (a store serves one request): the connection is looked up once."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # lazy: only the S3 backend needs the provider
 
         return S3Hook(aws_conn_id=self.conn_id).get_conn()
@@ -127,17 +125,15 @@ class S3ReportStore:
 
         key = f"{REPORTS}/{day.isoformat()}/{check_name(name)}"
         try:
-            return self._client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
 
     def days(self) -> list[dt.date]:
-        pages = (
-            self._client()
-            .get_paginator("list_objects_v2")
-            .paginate(Bucket=self.bucket, Prefix=f"{REPORTS}/", Delimiter="/")
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{REPORTS}/", Delimiter="/"
         )
         found = []
         for page in pages:
