@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType
 
-from fruits_common import files, images, schemas, storage
+from fruits_common import files, images, listing, schemas, storage
 from fruits_common.errors import JobError
 from fruits_common.spark import main, positive_int, run_date, session_conf
 
@@ -37,12 +37,23 @@ log = logging.getLogger("fruits.clean")
 FILES_PER_BATCH = 16
 PARTITION_BYTES = 128 * 1024 * 1024
 RUN_FILE = "_run.json"  # what the run read, beside its clean partition
+# Up to this many distinct ids a night, the de-duplication look-up is pushed into the Parquet reader as equalities
+# on image_id (row groups skipped by their bloom filters); above (a reload), it is a broadcast semi-join.
+PUSHED_IDS = 2000
+# Parquet writer options of the clean partitions: a bloom filter on image_id (1% false positives at the night's
+# size), and no dictionary for it (unique ids make a dictionary as large as the column, read for every look-up).
+ID_BLOOM_OPTIONS = {
+    "parquet.bloom.filter.enabled#image_id": "true",
+    "parquet.bloom.filter.expected.ndv#image_id": "20000",
+    "parquet.enable.dictionary#image_id": "false",
+}
 
 CHECKED = StructType(
     [
         StructField("image_id", StringType(), True),
         StructField("path", StringType(), False),
         StructField("label", StringType(), True),
+        StructField("input_root", StringType(), True),
         StructField("width", IntegerType(), True),
         StructField("height", IntegerType(), True),
         StructField("format", StringType(), True),
@@ -76,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files already kept or rejected in a partition from this date to the day before --run-date",
     )
     parser.add_argument(
+        "--skip-accounted",
+        action="store_true",
+        help="skip files already kept or rejected in any other partition (a reload: mode=full)",
+    )
+    parser.add_argument(
         "--max-side",
         type=positive_int,
         default=images.DEFAULT_MAX_SIDE,
@@ -85,27 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_batches(input_roots: list[str], max_side: int):
-    """mapInPandas function: read, hash, label, check and normalize every file of a batch (on the executors)."""
+    """mapInPandas function: read, hash, label, check and normalize every file of a batch (on the executors).
+
+    Files the listing already condemns (empty, over ``MAX_FILE_BYTES``, not a regular file) are never read."""
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             rows = []
             for path, length in zip(batch["path"], batch["length"], strict=True):
-                try:
-                    content = files.read_bytes(path)
-                except OSError as exc:  # listed, then deleted or not readable: recorded, not a failed task
-                    result, content = images.CleanImage(reason=images.UNREADABLE, detail=str(exc)[:500]), None
-                else:
-                    result = images.clean_image(content, max_side)
+                content = None
+                result = _listing_verdict(int(length))
+                if result is None:
+                    try:
+                        content = files.read_bytes(path)
+                    except OSError as exc:  # listed, then deleted or not readable: recorded, not a failed task
+                        result = images.CleanImage(reason=images.UNREADABLE, detail=str(exc)[:500])
+                    else:
+                        result = images.clean_image(content, max_side)
                 rows.append(
                     {
-                        "image_id": images.content_id(content) if content is not None else None,
+                        # An empty file has an identity too (that of no bytes), as if it had been read.
+                        "image_id": images.content_id(content if content is not None else b"")
+                        if content is not None or length == 0
+                        else None,
                         "path": path,
                         "label": _label(path, input_roots),
+                        "input_root": _label_root(path, input_roots),
                         "width": result.width,
                         "height": result.height,
                         "format": result.format,
-                        "size_bytes": len(content) if content is not None else int(length),
+                        "size_bytes": len(content) if content is not None else max(0, int(length)),
                         "orientation": result.orientation,
                         "reason": result.reason,
                         "detail": result.detail,
@@ -120,6 +145,19 @@ def _check_batches(input_roots: list[str], max_side: int):
     return check
 
 
+def _listing_verdict(length: int) -> images.CleanImage | None:
+    """The rejection a file gets from its listed length alone (None: it has to be read)."""
+    if length == files.NOT_A_FILE:
+        return images.CleanImage(reason=images.UNREADABLE, detail="not a regular file (a dangling link?)")
+    if length == 0:
+        return images.CleanImage(reason=images.EMPTY_FILE, detail="the file has no bytes")
+    if length > images.MAX_FILE_BYTES:
+        return images.CleanImage(
+            reason=images.TOO_LARGE, detail=f"{length} bytes is over the {images.MAX_FILE_BYTES} byte limit"
+        )
+    return None
+
+
 def _label_root(path: str, input_roots: list[str]) -> str | None:
     """The input folder a file was found under (the longest matching one)."""
     return max((r for r in input_roots if path.startswith(r.rstrip("/") + "/")), key=len, default=None)
@@ -131,46 +169,62 @@ def _label(path: str, input_roots: list[str]) -> str | None:
     return images.label_from_path(path, root) if root else None
 
 
-def _files_frame(spark: SparkSession, listing: list[tuple[str, int]]) -> DataFrame:
-    """The files to read as (path, length) rows, spread evenly over few large partitions (see PARTITION_BYTES)."""
-    cores = spark.sparkContext.defaultParallelism
-    rounds = max(1, -(-sum(length for _, length in listing) // (cores * PARTITION_BYTES)))
-    partitions = rounds * cores  # a multiple of the cores: no round with idle cores but the last tasks' tails
-    frame = pd.DataFrame(listing, columns=["path", "length"])
-    # From pandas through Arrow: built in the JVM, no Python worker; round-robin keeps the partitions even.
-    return spark.createDataFrame(frame, schema="path string, length long").repartition(partitions)
+def _spread(listed: DataFrame, cores: int) -> DataFrame:
+    """The files to check, spread evenly over few large partitions (see PARTITION_BYTES)."""
+    to_read = listed.filter((F.col("length") > 0) & (F.col("length") <= images.MAX_FILE_BYTES))
+    total = to_read.agg(F.sum("length")).first()[0] or 0
+    rounds = max(1, -(-int(total) // (cores * PARTITION_BYTES)))
+    # A multiple of the cores: no round with idle cores but the last tasks' tails; round-robin keeps them even.
+    return listed.repartition(rounds * cores)
 
 
-def _unreadable_files(spark: SparkSession, listing: list[tuple[str, int]], input_roots: list[str]) -> DataFrame:
-    """Rejections decided from the listing alone: empty files and files over ``MAX_FILE_BYTES`` (never read)."""
-    rows = []
-    for path, length in listing:
-        label = _label(path, input_roots)
-        if length == 0:
-            rows.append((images.content_id(b""), path, label, 0, images.EMPTY_FILE, "the file has no bytes"))
-        elif length > images.MAX_FILE_BYTES:
-            detail = f"{length} bytes is over the {images.MAX_FILE_BYTES} byte limit"
-            rows.append((None, path, label, length, images.TOO_LARGE, detail))
-    return spark.createDataFrame(
-        rows, "image_id string, path string, label string, size_bytes long, reason string, detail string"
+def _accounted(
+    spark: SparkSession, roots: tuple[str, str], run_date: dt.date, since: dt.date | None
+) -> DataFrame | None:
+    """Paths already kept or rejected in the partitions from ``since`` to the day before ``run_date``, or (``since``
+    None) in every partition but ``run_date``'s; None when there are none. Only those partitions' ``path`` column
+    is read (partition pruning and column pruning)."""
+    frames = []
+    for root in roots:
+        days = [d for d in storage.list_partitions(spark, root, schemas.PARTITION_COLUMN) if d != run_date.isoformat()]
+        if since is not None:
+            days = [d for d in days if since.isoformat() <= d < run_date.isoformat()]
+        if days:
+            folders = [storage.join(root, f"{schemas.PARTITION_COLUMN}={d}") for d in days]
+            frames.append(spark.read.option("basePath", root).parquet(*folders).select("path"))
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+
+
+def _ingested_earlier(spark: SparkSession, output: str, run_date: dt.date, night: DataFrame) -> DataFrame | None:
+    """For the night's image ids found in another run-date's clean partition: ``image_id, _earlier`` (the first
+    such date and path). None when the clean dataset has no other partition.
+
+    A lookup, not an aggregation of the history: the night's ids (collected when few, else broadcast) filter the
+    history's ``image_id`` column. With few ids the filter goes down to Parquet as equalities, and the bloom
+    filter clean writes on ``image_id`` (:data:`ID_BLOOM_OPTIONS`) lets the reader skip every row group that holds
+    none of them: per earlier night, a footer and a bloom filter are read, not its ids (docs/jobs.md).
+    """
+    days = [d for d in storage.list_partitions(spark, output, schemas.PARTITION_COLUMN) if d != run_date.isoformat()]
+    if not days:
+        return None
+    folders = [storage.join(output, f"{schemas.PARTITION_COLUMN}={d}") for d in days]
+    history = (
+        spark.read.schema(schemas.CLEAN)
+        .option("basePath", output)
+        .parquet(*folders)
+        .select("image_id", F.struct(schemas.PARTITION_COLUMN, "path").alias("_at"))
     )
-
-
-def _accounted_paths(spark: SparkSession, output: str, rejected: str, since: dt.date, run_date: dt.date) -> set[str]:
-    """Paths already kept or rejected by the runs of ``since`` up to the day before ``run_date``."""
-    paths: set[str] = set()
-    for root, schema in ((output, schemas.CLEAN), (rejected, schemas.REJECTED)):
-        if storage.has_parquet(spark, root):
-            days = (
-                spark.read.schema(schema)
-                .parquet(root)
-                .filter(
-                    (F.col(schemas.PARTITION_COLUMN) >= F.lit(since))
-                    & (F.col(schemas.PARTITION_COLUMN) < F.lit(run_date))
-                )
-            )
-            paths.update(r["path"] for r in days.select("path").collect())
-    return paths
+    ids = night.select("image_id").distinct()
+    few = [r[0] for r in ids.limit(PUSHED_IDS + 1).collect()]
+    if len(few) <= PUSHED_IDS:
+        if not few:
+            return None
+        found = history.filter(F.col("image_id").isin(few))
+    else:
+        found = history.join(F.broadcast(ids), "image_id", "left_semi")
+    return found.groupBy("image_id").agg(F.min("_at").alias("_earlier"))
 
 
 def run(
@@ -181,19 +235,23 @@ def run(
     run_date: dt.date | None = None,
     max_side: int = images.DEFAULT_MAX_SIDE,
     skip_accounted_since: dt.date | None = None,
+    skip_accounted: bool = False,
 ) -> dict:
     """Clean the files under ``input`` (one folder or several) into the ``run_date`` partitions of ``output`` and
-    ``rejected``, skipping those accounted for since ``skip_accounted_since`` when it is given."""
+    ``rejected``, skipping those accounted for since ``skip_accounted_since`` (or, with ``skip_accounted``, in any
+    other partition) when it is given."""
     inputs = [input] if isinstance(input, str) else list(input)
     with session_conf(
         spark,
         {
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(FILES_PER_BATCH),
             "spark.sql.execution.arrow.pyspark.enabled": "true",  # the listing goes to the JVM as Arrow
+            # The night's ids reach Parquet as equalities (bloom filters), not as one min-max range.
+            "spark.sql.parquet.pushdown.inFilterThreshold": str(PUSHED_IDS),
         },
     ):
         day = run_date or dt.datetime.now(dt.UTC).date()
-        return _run(spark, inputs, output, rejected, day, max_side, skip_accounted_since)
+        return _run(spark, inputs, output, rejected, day, max_side, skip_accounted_since, skip_accounted)
 
 
 def _run(
@@ -204,22 +262,25 @@ def _run(
     run_date: dt.date,
     max_side: int,
     skip_accounted_since: dt.date | None,
+    skip_accounted: bool,
 ) -> dict:
     existing = [i for i in inputs if storage.exists(spark, i)]
     if not existing:
         raise JobError(f"input folder does not exist: {', '.join(inputs)}")
     input_roots = [storage.qualify(spark, i) for i in existing]
     partition = f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}"
+    cores = spark.sparkContext.defaultParallelism
 
-    # Only paths reach the driver: the listing, and the paths earlier runs of the window accounted for.
-    listing = storage.list_files(spark, existing)
-    accounted_listed: list[str] = []
-    if skip_accounted_since is not None:
-        accounted = _accounted_paths(spark, output, rejected, skip_accounted_since, run_date)
-        accounted_listed = [path for path, _ in listing if path in accounted]
-        listing = [(path, length) for path, length in listing if path not in accounted]
-    to_read = [(path, length) for path, length in listing if 0 < length <= images.MAX_FILE_BYTES]
-    checked = _files_frame(spark, to_read).mapInPandas(_check_batches(input_roots, max_side), schema=CHECKED)
+    # The listing stays on the executors (paths only); so does the filter of what earlier runs accounted for:
+    # those files are skipped before a byte of them is read.
+    listed = listing.list_files(spark, input_roots, cores).persist()
+    skipped = 0
+    if skip_accounted_since is not None or skip_accounted:
+        accounted = _accounted(spark, (output, rejected), run_date, skip_accounted_since)
+        if accounted is not None:
+            skipped = listed.join(accounted, "path", "left_semi").count()
+            listed = listed.join(accounted, "path", "left_anti")
+    checked = _spread(listed, cores).mapInPandas(_check_batches(input_roots, max_side), schema=CHECKED)
     checked = checked.persist()  # both outputs below come from it: decode once
 
     valid = checked.filter(F.col("reason").isNull())
@@ -228,14 +289,8 @@ def _run(
     valid = valid.withColumn("_rank", F.row_number().over(first)).withColumn("_first_path", F.first("path").over(first))
 
     # Same content in an earlier (or later) run-date's partition: already ingested, not written again.
-    if storage.has_parquet(spark, output):
-        earlier = (
-            spark.read.schema(schemas.CLEAN)
-            .parquet(output)
-            .filter(F.col(schemas.PARTITION_COLUMN) != F.lit(run_date))
-            .groupBy("image_id")
-            .agg(F.min(F.struct(schemas.PARTITION_COLUMN, "path")).alias("_earlier"))
-        )
+    earlier = _ingested_earlier(spark, output, run_date, valid)
+    if earlier is not None:
         valid = valid.join(earlier, "image_id", "left")
     else:
         valid = valid.withColumn("_earlier", F.lit(None).cast("struct<ingest_date:date,path:string>"))
@@ -264,17 +319,21 @@ def _run(
     invalid = checked.filter(F.col("reason").isNotNull()).select(
         "image_id", "path", "label", "size_bytes", "reason", "detail"
     )
-    rejects = invalid.unionByName(duplicates).unionByName(_unreadable_files(spark, listing, input_roots))
+    rejects = invalid.unionByName(duplicates)
 
-    # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date.
+    # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date. At most one
+    # file per core a night; sorted by id, with a bloom filter on it, for later nights' look-ups.
     clean_schema = schemas.without_partition(schemas.CLEAN)
-    (
+    writer = (
         kept.select([F.col(f.name).cast(f.dataType) for f in clean_schema.fields])
-        .coalesce(max(1, spark.sparkContext.defaultParallelism))
+        .coalesce(max(1, cores))
+        .sortWithinPartitions("image_id")
         .write.mode("overwrite")
         .option("compression", "zstd")
-        .parquet(storage.join(output, partition))
     )
+    for key, value in ID_BLOOM_OPTIONS.items():
+        writer = writer.option(key, value)
+    writer.parquet(storage.join(output, partition))
     rejected_schema = schemas.without_partition(schemas.REJECTED)
     (
         rejects.select([F.col(f.name).cast(f.dataType) for f in rejected_schema.fields])
@@ -283,21 +342,22 @@ def _run(
         .option("compression", "zstd")
         .parquet(storage.join(rejected, partition))
     )
+    new_files = {r["input_root"]: int(r["count"]) for r in checked.groupBy("input_root").count().collect()}
     checked.unpersist()
+    listed.unpersist()
 
     written = spark.read.schema(clean_schema).parquet(storage.join(output, partition))
     rejected_rows = spark.read.schema(rejected_schema).parquet(storage.join(rejected, partition))
     by_reason = {r["reason"]: r["count"] for r in rejected_rows.groupBy("reason").count().collect()}
-    new_files = {root: sum(1 for path, _ in listing if _label_root(path, input_roots) == root) for root in input_roots}
     summary = {
         "run_date": run_date.isoformat(),
         "kept": written.count(),
         "rejected": sum(by_reason.values()),
         "rejected_by_reason": by_reason,
-        "skipped_accounted": len(accounted_listed),
-        "inputs": [{"input": root, "new_files": n} for root, n in new_files.items()],
+        "skipped_accounted": skipped,
+        "inputs": [{"input": root, "new_files": new_files.get(root, 0)} for root in input_roots],
         # The upload days this run covered: the dated input folders in which it found files to process.
-        "upload_days": sorted(_day_of(root) for root, n in new_files.items() if n and _day_of(root)),
+        "upload_days": sorted(_day_of(root) for root in input_roots if new_files.get(root) and _day_of(root)),
     }
     # Beside the partition's data ('_': Parquet readers skip it), for the report.
     storage.write_text(spark, storage.join(output, partition, RUN_FILE), json.dumps(summary, indent=2))

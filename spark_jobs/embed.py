@@ -1,17 +1,20 @@
 """embed: MobileNetV2 transfer learning, 1,280 features per image.
 
     spark-submit embed.py \
-        --input URI --output URI --weights WEIGHTS [--batch-size N] [--engine onnx|keras]
+        --input URI --output URI --weights WEIGHTS [--run-date YYYY-MM-DD] [--batch-size N] [--engine onnx|keras]
 
-Reads the clean dataset, embeds only the ``image_id``s not yet in ``<output>`` (incremental), and appends
-them to ``<output>`` partitioned by ``ingest_date``. WEIGHTS is ``imagenet`` (Keras downloads them) or a
-path or s3:// URI of the Keras ``.h5`` file (``mobilenet_v2_..._1.0_224_no_top.h5``). The ``onnx`` engine
-(default) runs the same model exported to ONNX once (cached next to the weights); ``keras`` is the reference.
+Embeds the clean dataset's ``ingest_date`` partitions that ``<output>`` has no partition for yet, and
+``--run-date``'s, and writes them to ``<output>`` partitioned by ``ingest_date``, replacing exactly those
+partitions (a re-run gives the same rows). Other partitions are neither listed file by file nor read. WEIGHTS is
+``imagenet`` (Keras downloads them) or a path or s3:// URI of the Keras ``.h5`` file
+(``mobilenet_v2_..._1.0_224_no_top.h5``). The ``onnx`` engine (default) runs the same model exported to ONNX once
+(cached next to the weights); ``keras`` is the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -24,15 +27,18 @@ import numpy as np
 import pandas as pd
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from fruits_common import embedding, images, schemas, storage
 from fruits_common.errors import JobError
-from fruits_common.spark import main, positive_int
+from fruits_common.spark import main, positive_int, run_date, session_conf
 
 log = logging.getLogger("fruits.embed")
 
 # Measured on 2 cores (bench/): 16-64 run at the same speed, 128 is ~15% slower; 32 keeps Arrow batches small.
 DEFAULT_BATCH_SIZE = 32
+# Rows of features per output file (~2.8 KB each with zstd: ~140 MB files).
+ROWS_PER_FILE = 50_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         help=f"images per inference batch (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--run-date",
+        type=run_date,
+        default=None,
+        help="an ingest_date to (re)embed even if the features dataset holds it (the run's own date)",
     )
     parser.add_argument(
         "--engine",
@@ -131,6 +143,15 @@ def _embed_batches(model_name: str, engine: str, threads: int):
     return embed
 
 
+def pending_dates(spark: SparkSession, input: str, output: str, run_date: dt.date | None) -> list[str]:
+    """The clean partitions to embed: those the features dataset has no partition for (a night not embedded yet,
+    whatever the reason), and ``run_date``'s (a re-run of clean replaced it). Two listings, no data read."""
+    clean_days = storage.list_partitions(spark, input, schemas.PARTITION_COLUMN)
+    done = set(storage.list_partitions(spark, output, schemas.PARTITION_COLUMN))
+    forced = run_date.isoformat() if run_date else None
+    return [d for d in clean_days if d not in done or d == forced]
+
+
 def run(
     spark: SparkSession,
     input: str,
@@ -138,41 +159,71 @@ def run(
     weights: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     engine: str = "onnx",
+    run_date: dt.date | None = None,
 ) -> dict:
-    """Embed the clean images under ``input`` that ``output`` does not hold yet."""
+    """Embed the clean partitions under ``input`` that ``output`` does not hold yet (and ``run_date``'s), replacing
+    exactly those partitions of ``output``."""
     if not storage.exists(spark, input):
         raise JobError(f"input (clean dataset) does not exist: {input}")
-    clean = spark.read.schema(schemas.CLEAN).parquet(input)
+    days = pending_dates(spark, input, output, run_date)
+    # Only the pending partitions are listed and read (the clean history's image bytes are never touched).
+    folders = [storage.join(input, f"{schemas.PARTITION_COLUMN}={d}") for d in days]
+    clean = (
+        spark.read.schema(schemas.CLEAN).option("basePath", input).parquet(*folders)
+        if folders
+        else spark.createDataFrame([], schemas.CLEAN)
+    )
     new = clean.select("image_id", "path", "label", "content", schemas.PARTITION_COLUMN)
-    if storage.has_parquet(spark, output):
-        done = spark.read.schema(schemas.EMBED).parquet(output).select("image_id")
-        new = new.join(done, "image_id", "left_anti")
-    new = new.dropDuplicates(["image_id"])  # clean guarantees it; cheap insurance for the append below
+    new = new.dropDuplicates(["image_id"])  # clean guarantees it; cheap insurance
 
-    todo = new.count()  # reads ids only (column pruning): sizes the partitions below
+    todo = clean.select("image_id").count() if folders else 0  # ids only (column pruning): sizes the tasks below
     cores = spark.sparkContext.defaultParallelism
     # Few large partitions (one per core at least) keep each worker's model busy; cap at ~4,000 images
     # per task so a lost executor costs minutes, not the whole run.
     partitions = max(cores, -(-todo // 4000))
     threads = int(spark.conf.get("spark.task.cpus", "1"))
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
 
     # What this run adds, written before the rows (the DAG reads it once the fresh _SUCCESS marker is there).
-    ingest_dates = sorted(str(r[0]) for r in new.select(schemas.PARTITION_COLUMN).distinct().collect())
-    run_summary = {"embedded": todo, "ingest_dates": ingest_dates, "engine": engine}
+    run_summary = {"embedded": todo, "ingest_dates": days, "engine": engine}
     storage.write_text(spark, storage.join(output, "_summary.json"), json.dumps(run_summary, indent=2))
-    with tempfile.TemporaryDirectory(prefix="fruits-embed-") as scratch:
-        model_name = _ship_model(spark, weights, engine, Path(scratch))
-        embedded = new.repartition(partitions, "image_id").mapInPandas(
-            _embed_batches(model_name, engine, threads), schema=schemas.EMBED
-        )
-        (
-            embedded.write.mode("append")
-            .option("compression", "zstd")
-            .partitionBy(schemas.PARTITION_COLUMN)
-            .parquet(output)
-        )
-    summary = {"embedded": todo, "partitions": partitions, "batch_size": batch_size, "engine": engine}
+    with (
+        tempfile.TemporaryDirectory(prefix="fruits-embed-") as scratch,
+        session_conf(
+            spark,
+            {
+                "spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_size),
+                # Replace the pending dates' partitions, and only them: a re-run gives the same rows, no duplicate.
+                "spark.sql.sources.partitionOverwriteMode": "dynamic",
+            },
+        ),
+    ):
+        if folders:
+            model_name = _ship_model(spark, weights, engine, Path(scratch))
+            embedded = new.repartition(partitions, "image_id").mapInPandas(
+                _embed_batches(model_name, engine, threads), schema=schemas.EMBED
+            )
+            # One file per date per ROWS_PER_FILE rows, however many tasks embedded it: files stay few.
+            files_per_date = max(1, -(-todo // ROWS_PER_FILE))
+            (
+                embedded.repartition(
+                    len(days) * files_per_date,
+                    schemas.PARTITION_COLUMN,
+                    F.pmod(F.xxhash64("image_id"), F.lit(files_per_date)),
+                )
+                .write.mode("overwrite")
+                .option("compression", "zstd")
+                .partitionBy(schemas.PARTITION_COLUMN)
+                .parquet(output)
+            )
+    # Written last, also on a night with nothing to embed: the DAG waits for a fresh one.
+    storage.write_bytes(spark, storage.join(output, "_SUCCESS"), b"")
+    summary = {
+        "embedded": todo,
+        "ingest_dates": days,
+        "partitions": partitions,
+        "batch_size": batch_size,
+        "engine": engine,
+    }
     log.info("embed: %s", summary)
     return summary
 

@@ -55,6 +55,31 @@ def _partition(spark: SparkSession, root: str, schema, day: dt.date):
     return spark.read.schema(schemas.without_partition(schema)).parquet(folder)
 
 
+def _final_figures(spark: SparkSession, pca: str, version: str) -> tuple[dict[str, int], list]:
+    """Rows per label of the version and its scatter sample, from the stats file pca keeps beside the version's
+    rows (a night's report reads no row of the history); versions written before it: from the rows."""
+    rows = storage.join(pca, f"{schemas.VERSION_COLUMN}={version}")
+    stats_file = storage.join(rows, "_stats.json")
+    if storage.exists(spark, stats_file):
+        stats = json.loads(storage.read_text(spark, stats_file))
+        per_label: dict[str, int] = {}
+        for by_label in stats["rows"].values():
+            for label, count in by_label.items():
+                per_label[label or UNLABELLED] = per_label.get(label or UNLABELLED, 0) + count
+        points = [(label or UNLABELLED, float(x), float(y)) for _, _, label, x, y in stats["points"]]
+        return dict(sorted(per_label.items())), points
+    final = spark.read.schema(schemas.PCA).option("basePath", pca).parquet(rows)
+    # A deterministic sample (by id hash) so that re-running a report draws the same picture.
+    sample = (
+        final.orderBy(F.xxhash64("image_id"))
+        .limit(SCATTER_POINTS)
+        .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y"))
+        .collect()
+    )
+    points = [(r["label"] or UNLABELLED, float(r["x"]), float(r["y"] or 0.0)) for r in sample]
+    return _count_by(final, "label"), points
+
+
 def _figure():
     import matplotlib
 
@@ -117,19 +142,14 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str, r
     kept = _partition(spark, clean, schemas.CLEAN, run_date)
     rejects = _partition(spark, rejected, schemas.REJECTED, run_date)
     summary = json.loads(storage.read_text(spark, storage.join(pca, schemas.PCA_SUMMARY_FILE)))
-    # The final dataset is the current version's rows (the summary names the version this run used).
-    final = (
-        spark.read.schema(schemas.PCA)
-        .option("basePath", pca)
-        .parquet(storage.join(pca, f"{schemas.VERSION_COLUMN}={summary['version']}"))
-    )
+    # The final dataset is the current version's rows: what the report shows of them, pca keeps beside them.
+    rows_per_label, points = _final_figures(spark, pca, summary["version"])
 
     # What clean read (written beside its partition; absent for partitions written before it was).
     clean_run_file = storage.join(clean, f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}", "_run.json")
     clean_run = json.loads(storage.read_text(spark, clean_run_file)) if storage.exists(spark, clean_run_file) else {}
     kept_count = kept.count()
     by_reason = _count_by(rejects, "reason")
-    rows_per_label = _count_by(final, "label")
     report = {
         "run_date": run_date.isoformat(),
         "images_read": kept_count + sum(by_reason.values()),
@@ -154,16 +174,6 @@ def run(spark: SparkSession, clean: str, rejected: str, pca: str, output: str, r
         "cumulative_explained_variance": summary["cumulative_explained_variance"],
         "plots": list(PLOTS),
     }
-    # A deterministic sample (by id hash) so that re-running a report draws the same picture.
-    points = [
-        (r["label"] or UNLABELLED, float(r["x"]), float(r["y"]))
-        for r in (
-            final.orderBy(F.xxhash64("image_id"))
-            .limit(SCATTER_POINTS)
-            .select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y"))
-            .collect()
-        )
-    ]
     if summary["k"] < 2:
         points = [(label, x, 0.0) for label, x, _ in points]
 

@@ -151,7 +151,8 @@ def build_plan(
 
     source = _input_root(settings, layout, params.input_uri)
     if params.mode == "full":
-        clean_inputs, window = [source], []
+        # A reload: whatever an earlier run kept or rejected (by path) is skipped before a byte of it is read.
+        clean_inputs, window = [source], ["--skip-accounted"]
     else:
         # The lookback window: this day and the days before it. Files an earlier run accounted for are skipped,
         # so missed days and late uploads are processed by the next run, exactly once.
@@ -176,7 +177,7 @@ def build_plan(
         ),
         job(
             "embed",
-            ["--input", clean, "--output", embed, "--weights", weights],
+            ["--input", clean, "--output", embed, "--weights", weights, "--run-date", day_iso],
             [f"{embed}/{SUCCESS}"],
             f"{embed}/_summary.json",
         ),

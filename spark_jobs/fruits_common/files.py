@@ -1,6 +1,6 @@
 """Reading input files from inside a Spark task (Python worker), by the paths Spark's listing reports.
 
-clean lists the uploads with Spark (:func:`fruits_common.storage.list_files`) and each task reads its photos here,
+clean lists the uploads on the executors (:mod:`fruits_common.listing`) and each task reads its photos here,
 one at a time: the originals (2-4 MB phone photos) never travel through the JVM, Arrow and a Spark row, and a
 task holds one of them at once whatever the batch. Local paths (``file:/...``) are plain files; ``s3://``
 (EMRFS), ``s3a://`` and ``s3n://`` paths are read with PyArrow's S3 filesystem, which takes its credentials from
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
+# The length a listing gives an entry that is not a regular file it can read (a dangling link, a socket): clean
+# records it as unreadable instead of dropping it.
+NOT_A_FILE = -1
 
 
 def read_bytes(path: str) -> bytes:
@@ -51,3 +55,67 @@ def _s3(bucket: str):
             retry_strategy=retries,
         )
     return fs.S3FileSystem(region=fs.resolve_s3_region(bucket), retry_strategy=retries)
+
+
+def locate(uri: str) -> tuple[object, str, Callable[[str], str]]:
+    """The PyArrow filesystem holding ``uri``, the path in it, and the function that turns a path in that
+    filesystem back into a URI in the form Spark reports (``file:/a b.jpg``, ``s3://bucket/key``)."""
+    from pyarrow import fs
+
+    scheme, _, rest = uri.partition(":")
+    if scheme in S3_SCHEMES:
+        path = rest.removeprefix("//").rstrip("/")
+        return _s3(path.partition("/")[0]), path, lambda p: f"{scheme}://{p}"
+    if scheme == "file":
+        path = "/" + rest.lstrip("/")
+    elif scheme and len(scheme) > 1 and "/" not in scheme:
+        raise OSError(f"cannot list {uri!r}: scheme {scheme!r} is not supported")
+    else:
+        path = uri
+    return fs.LocalFileSystem(), path.rstrip("/") or "/", lambda p: f"file:{p}"
+
+
+def list_folder(uri: str, recursive: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """``([(file URI, length)], [folder URI])`` under the folder ``uri``: every name, hidden ones (``_x``, ``.x``)
+    included; an entry that is neither a file nor a folder gets length :data:`NOT_A_FILE`. Missing: empty lists.
+
+    One listing call (S3: ListObjectsV2 pages of 1,000 keys; recursive is one flat listing of the prefix).
+    """
+    filesystem, path, to_uri = locate(uri)
+    if isinstance(filesystem, _local_type()):
+        return _list_local(path, recursive)
+    from pyarrow import fs
+
+    selector = fs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    found, folders = [], []
+    for info in filesystem.get_file_info(selector):
+        if info.type == fs.FileType.Directory:
+            folders.append(to_uri(info.path))
+        else:
+            found.append((to_uri(info.path), int(info.size) if info.type == fs.FileType.File else NOT_A_FILE))
+    return found, folders
+
+
+def _local_type() -> type:
+    from pyarrow import fs
+
+    return fs.LocalFileSystem
+
+
+def _list_local(path: str, recursive: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """A local folder with ``os`` (PyArrow's local listing leaves dangling links out without a word)."""
+    found, folders = [], []
+    if not os.path.isdir(path):
+        return found, folders
+    walk = os.walk(path, followlinks=True)  # links to folders are followed, as Hadoop's local filesystem does
+    for top, names, file_names in walk if recursive else [next(walk)]:
+        folders.extend(f"file:{os.path.join(top, n)}" for n in names)
+        for name in file_names:
+            full = os.path.join(top, name)
+            try:
+                info = os.stat(full)
+            except OSError:
+                found.append((f"file:{full}", NOT_A_FILE))
+                continue
+            found.append((f"file:{full}", info.st_size if os.path.isfile(full) else NOT_A_FILE))
+    return found, folders

@@ -1,7 +1,9 @@
-"""Small file operations on any Hadoop path (local folder, file://, s3:// on EMR) through Spark's JVM.
+"""Small file operations on any Hadoop path (local folder, file://, s3:// on EMR) through Spark's JVM, and listings.
 
 The jobs use these for what DataFrames don't cover: checking that a path exists and writing small
-JSON/PNG files next to their outputs, with the same credentials and connectors as Spark itself.
+JSON/PNG files next to their outputs, with the same credentials and connectors as Spark itself. Listings go
+through PyArrow (:mod:`fruits_common.files`): one call for a whole tree, where Hadoop's API through py4j costs a
+round trip per file.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import unquote
 
 from pyspark.sql import SparkSession
+
+from fruits_common import files
 
 
 def _hadoop_path(spark: SparkSession, uri: str):
@@ -35,43 +38,30 @@ def exists(spark: SparkSession, uri: str) -> bool:
 
 
 def has_parquet(spark: SparkSession, uri: str) -> bool:
-    """Whether ``uri`` is a folder holding at least one Parquet file (at any depth)."""
-    fs, path = _hadoop_path(spark, uri)
-    if not fs.exists(path):
-        return False
-    files = fs.listFiles(path, True)
-    while files.hasNext():
-        if files.next().getPath().getName().endswith(".parquet"):
-            return True
-    return False
+    """Whether ``uri`` is a folder holding at least one Parquet file (at any depth); one listing call."""
+    return any(name.endswith(".parquet") for name, _ in files.list_folder(qualify(spark, uri), recursive=True)[0])
 
 
-def list_files(spark: SparkSession, uris: list[str]) -> list[tuple[str, int]]:
-    """``(qualified path, length)`` of every file under the folders ``uris``, recursively, skipping hidden ones.
+def partition_files(uri: str, column: str) -> dict[str, list[str]]:
+    """The file names (hidden ones included) in each ``column=value`` folder directly under ``uri``, by value.
 
-    Listed by Spark's file index in the JVM (in parallel when there are many folders) and brought to the driver
-    in one transfer: no file is read (the scan's ``content`` column is pruned). Hidden means what Spark's file
-    sources skip: a name under the folders that starts with ``_`` or ``.``. Paths are in the form Spark reports
-    them (``file:/abs/a b.jpg``, ``s3://bucket/key``), sorted.
+    One recursive listing of ``uri`` (on S3, one ListObjectsV2 page per 1,000 files), not a call per folder: what a
+    job's look-up of its partitions costs grows with the files of the dataset, never with round trips.
     """
-    if not uris:
-        return []
-    index = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uris)
-    sized = {row["path"]: int(row["length"]) for row in index.select("path", "length").collect()}
-    # The scan leaves out empty files; the index itself lists them (as URIs: file:///a%20b.jpg).
-    listed = index._jdf.inputFiles()
-    if len(listed) != len(sized):
-        # One call, not one per file (URIs hold no raw newline; py4j can't pass a String[] to String.join).
-        joined = spark.sparkContext._jvm.org.apache.hadoop.util.StringUtils.join("\n", listed)
-        for uri in joined.split("\n"):
-            sized.setdefault(_path_string(uri), 0)
-    return sorted(sized.items())
+    filesystem, path, to_uri = files.locate(uri)
+    base = to_uri(path).rstrip("/") + "/"
+    by_value: dict[str, list[str]] = {}
+    for found, _ in files.list_folder(uri, recursive=True)[0]:
+        parts = found[len(base) :].split("/") if found.startswith(base) else []
+        if len(parts) == 2 and parts[0].startswith(f"{column}="):
+            by_value.setdefault(parts[0].split("=", 1)[1], []).append(parts[1])
+    return dict(sorted(by_value.items()))
 
 
-def _path_string(uri: str) -> str:
-    """A file index URI (``file:///a%20b``) as Spark's scans report the path (``file:/a b``)."""
-    path = unquote(uri)
-    return "file:/" + path[len("file:///") :] if path.startswith("file:///") else path
+def partitions(uri: str, column: str) -> list[str]:
+    """The values of the ``column=value`` folders directly under ``uri`` that hold a Parquet file (sorted; none
+    when it does not exist): an empty folder left by a job that failed before writing is not a partition."""
+    return [v for v, names in partition_files(uri, column).items() if any(n.endswith(".parquet") for n in names)]
 
 
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
@@ -126,22 +116,8 @@ def copy_from_local(spark: SparkSession, local_path, uri: str) -> None:
 
 
 def list_partitions(spark: SparkSession, uri: str, column: str) -> list[str]:
-    """The values of the ``column=value`` folders directly under ``uri`` (sorted; none when it does not exist).
-
-    A partition folder counts only when it holds a Parquet file: an empty folder left by a job that failed before
-    writing anything is not a partition.
-    """
-    fs, path = _hadoop_path(spark, uri)
-    if not fs.exists(path):
-        return []
-    values = []
-    for status in fs.listStatus(path):
-        name = status.getPath().getName()
-        if status.isDirectory() and name.startswith(f"{column}="):
-            files = [f.getPath().getName() for f in fs.listStatus(status.getPath())]
-            if any(f.endswith(".parquet") for f in files):
-                values.append(name.split("=", 1)[1])
-    return sorted(values)
+    """:func:`partitions` of ``uri`` in any form Spark takes (a bare local path included)."""
+    return partitions(qualify(spark, uri), column)
 
 
 def list_folders(spark: SparkSession, uri: str) -> list[str]:

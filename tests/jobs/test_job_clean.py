@@ -51,9 +51,18 @@ def messy_input(tmp_path, sample_dir):
     # Two copies of a good image under other names: one duplicate each, the original stays.
     shutil.copy(good[1], root / "uploads" / "copy-a.jpg")
     shutil.copy(good[1], root / "Training" / "Odd" / "copy-b.jpg")
-    # Hidden files, as everywhere in Spark: skipped (a phone's sync folder leaves such files).
+    # Names Spark's file sources hide: a camera's Adobe RGB photo (_DSC...), a sync folder's leftovers, a hidden
+    # folder. Each one is an upload: kept or rejected, never skipped.
+    shutil.copy(
+        sample_dir / "Test" / "Kiwi" / sorted(p.name for p in (sample_dir / "Test" / "Kiwi").iterdir())[0],
+        root / "uploads" / "_DSC0001.JPG",
+    )
     (root / "uploads" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "uploads" / "_partial.jpg").write_bytes(good[2].read_bytes()[:100])
+    (root / "uploads" / ".thumbnails").mkdir()
+    (root / "uploads" / ".thumbnails" / "t.jpg").write_bytes(good[3].read_bytes())
+    # A link to nothing: not a file to read, recorded as unreadable.
+    (root / "uploads" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     return root, good, bad, odd
 
 
@@ -67,14 +76,20 @@ def test_bad_files_are_rejected_with_their_reason(spark, tmp_path, messy_input):
     for name, reason in bad.items():
         assert rejects[f"uploads/{name}"]["reason"] == reason, rejects[f"uploads/{name}"]
     duplicates = {n for n, r in rejects.items() if r["reason"] == "duplicate"}
-    # UPPER.JPG is a byte copy of good[0] too: three copies of good[0] or good[1] are duplicates.
-    assert len(duplicates) == 3
+    # UPPER.JPG is a byte copy of good[0] too: three copies of good[0] or good[1], and .thumbnails/t.jpg (good[3]),
+    # are duplicates.
+    assert len(duplicates) == 4
     assert all(rejects[n]["detail"].startswith("same content as ") for n in duplicates)
 
     kept = {r["path"].removeprefix(prefix) for r in spark.read.parquet(str(out)).collect()}
-    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
-    # Every file but the hidden ones, whatever its name, in exactly one place: nothing silently skipped.
+    files = [p for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+    # Every file, whatever its name, in exactly one place: nothing silently skipped.
     assert kept | set(rejects) == {str(p.relative_to(root)) for p in files}
+    assert "uploads/_DSC0001.JPG" in kept  # a photo
+    assert rejects["uploads/.DS_Store"]["reason"] == "not_an_image"
+    assert rejects["uploads/_partial.jpg"]["reason"] == "corrupt"
+    assert rejects["uploads/gone.jpg"]["reason"] == "unreadable"
+    assert rejects["uploads/.thumbnails/t.jpg"]["reason"] == "duplicate"
     assert len(kept) + len(rejects) == len(files)
     assert {str(p.relative_to(root)) for p in good} <= kept
     assert {f"Training/Odd/{n}" for n in odd if n != "UPPER.JPG"} <= kept

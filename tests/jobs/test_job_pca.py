@@ -12,6 +12,7 @@ from pyspark.ml.feature import PCAModel
 from pyspark.sql import functions as F
 
 import pca
+from fruits_common import drift
 from fruits_common.covariance import Moments, column_moments
 from fruits_common.errors import JobError
 
@@ -25,19 +26,32 @@ def _model(path, version: str = "v0001") -> PCAModel:
     return PCAModel.load(f"{path}/{version}/model")
 
 
+def _fit_features(spark, path) -> tuple[list[str], np.ndarray]:
+    """The ids and features a fit uses: every row but the held-out ones (fruits_common.drift)."""
+    rows = spark.read.parquet(path).filter(~drift.held_out()).select("image_id", "features").collect()
+    return [r["image_id"] for r in rows], np.array([r["features"] for r in rows], dtype=np.float64)
+
+
 def test_variance_target_picks_the_smallest_k(full_run, spark):
     summary = json.loads((full_run.root / "pca" / "_summary.json").read_text())
     cumulative = summary["cumulative_explained_variance"]
     k = summary["k"]
+    held = spark.read.parquet(full_run.paths["embed"]).filter(drift.held_out()).count()
+    assert 0.15 < held / 4800 < 0.25  # one in five, by id hash
     assert summary == {
         **summary,
         "version": "v0001",
         "refitted": True,
         "refit_reason": "no_model",
-        "rows_projected": 4800,
-        "fitted_rows": 4800,
+        "rows_projected": 4800,  # every row is projected, held out or not
+        "fitted_rows": 4800 - held,
         "variance_target": 0.9,
     }
+    info = json.loads((full_run.root / "model" / "v0001" / "version.json").read_text())
+    assert info["held_out_share"]["rows"] == held
+    # Out of sample, the basis captures less than on its own rows: the bias the held-out baseline removes.
+    assert info["held_out_share"]["share"] < info["captured_share_at_fit"]
+    assert 0 < info["held_out_share"]["standard_error"] < 0.01
     assert len(cumulative) == len(summary["explained_variance"]) == k
     assert cumulative[-1] >= 0.9 > cumulative[-2]  # reached at k, not before
     assert 2 <= k < 1280
@@ -51,8 +65,7 @@ def test_variance_target_picks_the_smallest_k(full_run, spark):
 
 def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
     """The saved model is the PCA NumPy computes from the embeddings, and the output is their projection on it."""
-    embed = spark.read.parquet(full_run.paths["embed"]).select("image_id", "features").collect()
-    features = np.array([r["features"] for r in embed], dtype=np.float64)
+    ids, features = _fit_features(spark, full_run.paths["embed"])
     variances = np.linalg.eigvalsh(np.cov(features, rowvar=False))[::-1]
     ratios = variances / variances.sum()
     model = _model(full_run.paths["model"])
@@ -62,7 +75,7 @@ def test_fit_equals_numpy_pca_of_the_same_features(full_run, spark):
     axes = model.pc.toArray()
     np.testing.assert_allclose(axes.T @ axes, np.eye(k), atol=1e-9)
     projected = _projections(spark, full_run.paths["pca"])
-    expected = dict(zip((r["image_id"] for r in embed), features @ axes, strict=False))
+    expected = dict(zip(ids, features @ axes, strict=True))
     assert max(np.abs(projected[i] - expected[i]).max() for i in expected) < 1e-3  # float32 output
 
 
@@ -77,17 +90,16 @@ def test_refit_is_identical(full_run, spark, tmp_path):
 
 def test_the_model_from_stored_moments_equals_the_model_from_rows(full_run, spark):
     """A refit merges the moments stored next to each date's partition; it gives the model the rows give."""
-    stored = sorted((full_run.root / "embed").glob("ingest_date=*/_moments.npz"))
+    stored = sorted((full_run.root / "embed").glob(f"ingest_date=*/{pca.MOMENTS_FILE}"))
     assert stored, "no moments stored next to the features"
     moments = [Moments.from_bytes(path.read_bytes()) for path in stored]
     merged = moments[0]
     for part in moments[1:]:
         merged = merged.merge(part)
     from_moments = pca.model_from_moments(merged, None, 0.9)
-    rows = spark.read.parquet(full_run.paths["embed"]).select("features").collect()
-    features = np.array([r["features"] for r in rows], dtype=np.float64)
+    _, features = _fit_features(spark, full_run.paths["embed"])
     from_rows = pca.model_from_moments(Moments.of(features), None, 0.9)
-    assert merged.count == len(features) == 4800
+    assert merged.count == len(features) == full_run.pca["fitted_rows"]
     np.testing.assert_allclose(
         from_moments.explainedVariance.toArray(), from_rows.explainedVariance.toArray(), rtol=1e-6, atol=1e-12
     )

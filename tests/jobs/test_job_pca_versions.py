@@ -106,15 +106,16 @@ def test_a_forced_refit_makes_a_new_version_of_every_row_and_switches_at_the_end
     # The previous version stays (retention keeps 3), readable, beside the new one.
     assert version_rows(spark, tmp_path, "v0001").count() == 420
     info = json.loads((tmp_path / MODELS / "v0002" / "version.json").read_text())
-    assert info["rows"] == 420 and info["ingest_dates"] == [NIGHT1.isoformat(), NIGHT2.isoformat()]
+    held_out = info["held_out_share"]["rows"]
+    assert 0 < held_out < 420 and info["rows"] == 420 - held_out and info["ingest_dates"] == [NIGHT1.isoformat(), NIGHT2.isoformat()]
 
 
 def test_a_refit_that_fails_midway_leaves_the_current_version_intact(spark, tmp_path, two_nights, monkeypatch):
     before = files_of(tmp_path / PCA / "pca_version=v0001")
     real_project = pca.project
 
-    def project_then_fail(store, model, version, days):
-        real_project(store, model, version, days[:1])  # half the rows written into the new version...
+    def project_then_fail(store, model, version, days, fresh):
+        real_project(store, model, version, days[:1], fresh)  # half the rows written into the new version...
         raise RuntimeError("executor lost")  # ...then the job dies
 
     monkeypatch.setattr(pca, "project", project_then_fail)
