@@ -56,12 +56,14 @@ clean-local:
 	rm -rf $(RUN_DIR)
 
 # Side-by-side benchmarks, one after the other (never two at once): the embed step on Fruits-360
-# (bench/results/latest.json), clean + embed on phone photos made from the sample (bench/results/phone.json), and
-# the pca step's nights and refits (bench/results/pca.json).
+# (bench/results/latest.json), clean + embed on phone photos made from the sample (bench/results/phone.json), the
+# pca step's nights and refits (bench/results/pca.json), and a night of 200 images through the four jobs over a
+# history of 4,000 and of 80,000 processed photos (bench/results/history.json).
 bench: venv
 	$(PY) bench/bench_embed.py --data "$(or $(DATA),$(SHARED)/data/fruits-360-sample)" --weights "$(WEIGHTS)"
 	$(PY) bench/bench_phone.py --data "$(SHARED)/data/fruits-360-sample" --weights "$(WEIGHTS)"
 	$(PY) bench/bench_pca.py
+	$(PY) bench/bench_history.py --data "$(SHARED)/data/fruits-360-sample" --weights "$(WEIGHTS)"
 
 # The whole pipeline on this machine: fruits_pipeline in local mode through `airflow dags test` (SQLite Airflow home,
 # nothing to start), over DATA (default: the real Fruits-360 subset in data/), with mode=full. Everything lands in

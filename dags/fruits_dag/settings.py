@@ -196,7 +196,8 @@ SETTINGS: tuple[Setting, ...] = (
         _fraction,
         0.05,
         "With `pca_refit=auto`, a new PCA basis is fitted when the share of a night's variance that the current "
-        "basis captures falls more than this below the share it captured at fit time.",
+        "basis captures falls more than this below the share it captures on rows held out of its fit, and by at "
+        "least 3 standard errors (docs/jobs.md).",
     ),
     Setting(
         "fruits_pca_keep_versions",
