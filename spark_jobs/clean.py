@@ -37,10 +37,14 @@ log = logging.getLogger("fruits.clean")
 FILES_PER_BATCH = 16
 PARTITION_BYTES = 128 * 1024 * 1024
 RUN_FILE = "_run.json"  # what the run read, beside its clean partition
+# A night's clean partition is written in files of about this size (at most one per core): few files per night,
+# whatever the cluster's size, so later nights' look-ups open few footers.
+FILE_BYTES = 256 * 1024 * 1024
 # Up to this many distinct ids a night, the de-duplication look-up is pushed into the Parquet reader as equalities
 # on image_id (row groups skipped by their bloom filters); above (a reload), it is a broadcast semi-join.
 PUSHED_IDS = 2000
-# Parquet writer options of the clean partitions: a bloom filter on image_id, and no dictionary for it (unique ids make a dictionary as large as the column, read for every look-up).
+# Parquet writer options of the clean partitions: a bloom filter on image_id, and no dictionary for it (unique ids
+# make a dictionary as large as the column, read for every look-up).
 ID_BLOOM_OPTIONS = {
     "parquet.bloom.filter.enabled#image_id": "true",
     # A row group (128 MB) holds ~4,000 normalized phone photos: a 1% filter for that many is ~5 KB. Smaller
@@ -322,12 +326,14 @@ def _run(
     )
     rejects = invalid.unionByName(duplicates)
 
-    # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date. At most one
-    # file per core a night; sorted by id, with a bloom filter on it, for later nights' look-ups.
+    # Writing the partition folder itself (not partitionBy + overwrite) replaces exactly this run-date. Files of
+    # ~FILE_BYTES, sorted by id, with a bloom filter on it, for later nights' look-ups.
     clean_schema = schemas.without_partition(schemas.CLEAN)
+    content_bytes = valid.agg(F.sum(F.length("content"))).first()[0] or 0
+    files_tonight = max(1, min(cores, -(-int(content_bytes) // FILE_BYTES)))
     writer = (
         kept.select([F.col(f.name).cast(f.dataType) for f in clean_schema.fields])
-        .coalesce(max(1, cores))
+        .coalesce(files_tonight)
         .sortWithinPartitions("image_id")
         .write.mode("overwrite")
         .option("compression", "zstd")

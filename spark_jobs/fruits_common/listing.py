@@ -27,7 +27,8 @@ def list_files(spark: SparkSession, roots: list[str], cores: int) -> DataFrame:
     executor task. ``cores`` sizes the listing tasks.
     """
     shallow: list[tuple[str, int]] = []
-    folders = list(roots)
+    # A root inside another is listed with it: no path is listed twice (and no shuffle is needed to dedupe).
+    folders = [r for r in dict.fromkeys(roots) if not any(r.startswith(o.rstrip("/") + "/") for o in roots if o != r)]
     target = FOLDERS_PER_CORE * max(1, cores)
     for _ in range(MAX_DRIVER_DEPTH):
         if len(folders) >= target:
@@ -49,8 +50,4 @@ def list_files(spark: SparkSession, roots: list[str], cores: int) -> DataFrame:
         frames.append(spark.createDataFrame(listed, LISTING_SCHEMA))
     if not frames:
         return spark.createDataFrame([], LISTING_SCHEMA)
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame)
-    # A folder reached twice (nested input roots, links) lists its files twice: one row per path.
-    return result.dropDuplicates(["path"])
+    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])

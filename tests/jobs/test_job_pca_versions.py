@@ -107,7 +107,8 @@ def test_a_forced_refit_makes_a_new_version_of_every_row_and_switches_at_the_end
     assert version_rows(spark, tmp_path, "v0001").count() == 420
     info = json.loads((tmp_path / MODELS / "v0002" / "version.json").read_text())
     held_out = info["held_out_share"]["rows"]
-    assert 0 < held_out < 420 and info["rows"] == 420 - held_out and info["ingest_dates"] == [NIGHT1.isoformat(), NIGHT2.isoformat()]
+    assert 0 < held_out < 420 and info["rows"] == 420 - held_out
+    assert info["ingest_dates"] == [NIGHT1.isoformat(), NIGHT2.isoformat()]
 
 
 def test_a_refit_that_fails_midway_leaves_the_current_version_intact(spark, tmp_path, two_nights, monkeypatch):
