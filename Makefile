@@ -11,7 +11,7 @@ WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) ima
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse constraints clean-local
+.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse constraints clean-local compose-env
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -48,6 +48,11 @@ aws-destroy: venv
 ARCH ?= x86_64
 wheelhouse: venv
 	PYTHONPATH=dags $(PY) -m fruits_dag.artifacts --arch $(ARCH) --output $(RUN_DIR)/wheelhouse
+
+# The docker compose stack's secrets (docs/compose.md): adds what is missing to .env (git-ignored, mode 0600) and
+# never changes a value there; prints the admin password when it makes it. Standard library only: no venv needed.
+compose-env:
+	$(PYTHON) tools/compose_env.py
 
 constraints: venv
 	$(PY) -m pip freeze --exclude-editable > constraints.txt

@@ -7,13 +7,16 @@ files pass and that the checks catch broken copies of them.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,6 +27,8 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 COMPOSE_DOC = REPO_ROOT / "docs" / "compose.md"
+MAKEFILE = REPO_ROOT / "Makefile"
+ENV_TOOL = REPO_ROOT / "tools" / "compose_env.py"
 
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 REQUIRED_SERVICES = ["postgres", "airflow-init", *AIRFLOW_SERVICES]
@@ -32,36 +37,71 @@ REQUIRED_VARIABLES = ["fruits_backend", "fruits_local_root", "fruits_weights", "
 SPARK_JOBS_ENV = "AIRFLOW_VAR_FRUITS_JOBS_DIR"
 # Interpolated variables that may have no default (upstream: the init service tests AIRFLOW_UID for emptiness).
 NO_DEFAULT_OK = {"AIRFLOW_UID"}
+# The secrets `make compose-env` (tools/compose_env.py) writes into .env: the compose file requires them
+# (`${NAME:?message}`, no default), and holds no secret of its own.
+SECRET_VARS = {"AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_POSTGRES_PASSWORD"}
+REQUIRED_MESSAGE = "run make compose-env first"
+# Environment variables whose value is a secret (paths to secret files are not).
+SECRET_ENV_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|FERNET|TOKEN|CREDENTIAL|(^|_)KEY$", re.I)
+NOT_A_SECRET_SUFFIXES = ("_FILE", "_PATH", "_CMD")
 WEIGHTS_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-_INTERP = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_INTERP = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def interpolations(text: str) -> list[tuple[str, str | None]]:
-    """(name, default) of every ${VAR...}/$VAR in a string; default None when there is none."""
+class MissingVariable(ValueError):
+    """A `${NAME:?message}` (or `${NAME?message}`) whose variable has no value: compose refuses the file."""
+
+
+def interpolations(text: str) -> list[tuple[str, str | None, str | None]]:
+    """(name, operator, argument) of every ${VAR...}/$VAR in a string: operator is one of `:-`, `-`, `:?`, `?`,
+    `:+`, `+`, or None for a bare ${VAR}."""
     out = []
     for m in _INTERP.finditer(text):
         if m.group(0) == "$$":
             continue
-        name = m.group(1) or m.group(4)
-        default = m.group(3) if m.group(2) in (":-", "-") else None
-        out.append((name, default))
+        out.append((m.group(1) or m.group(4), m.group(2), m.group(3)))
     return out
 
 
-def interpolate(text: str) -> str:
-    """Compose interpolation with an empty environment: defaults apply, `$$` is a literal `$`."""
+def interpolate(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Compose interpolation of one value with ``env`` (default: empty): `${VAR}`, `$VAR`, `${VAR:-default}` (unset
+    or empty), `${VAR-default}` (unset), `${VAR:?err}` / `${VAR?err}` (raise MissingVariable with compose's
+    message), `${VAR:+alt}` / `${VAR+alt}`; `$$` is a literal `$`."""
+    env = env or {}
 
     def repl(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
-        if m.group(2) in (":-", "-"):
-            return m.group(3)
-        return ""
+        name, op, arg = m.group(1) or m.group(4), m.group(2), m.group(3)
+        value = env.get(name)
+        if op == ":-":
+            return value if value else arg
+        if op == "-":
+            return arg if value is None else value
+        if op in (":?", "?") and (value is None or (op == ":?" and value == "")):
+            raise MissingVariable(f"required variable {name} is missing a value: {arg}")
+        if op == ":+":
+            return arg if value else ""
+        if op == "+":
+            return "" if value is None else arg
+        return value or ""
 
     return _INTERP.sub(repl, text)
+
+
+def interpolate_compose(data: Any, env: Mapping[str, str] | None = None) -> Any:
+    """The whole parsed file interpolated the way compose does it: every string value (not the keys, not the
+    comments)."""
+    if isinstance(data, dict):
+        return {key: interpolate_compose(value, env) for key, value in data.items()}
+    if isinstance(data, list):
+        return [interpolate_compose(value, env) for value in data]
+    if isinstance(data, str):
+        return interpolate(data, env)
+    return data
 
 
 def load_compose(path: Path = COMPOSE_FILE) -> dict:
@@ -178,7 +218,7 @@ def check_services(compose: dict) -> list[str]:
     api = services.get("airflow-apiserver") or {}
     if api.get("command") != "api-server":
         problems.append("airflow-apiserver must run `api-server`")
-    if "8080:8080" not in [str(p) for p in api.get("ports") or []]:
+    if not any(str(p).split("/")[0].endswith("8080:8080") for p in api.get("ports") or []):
         problems.append("airflow-apiserver must publish port 8080")
     expected_cmd = {
         "airflow-scheduler": "scheduler",
@@ -250,19 +290,94 @@ def check_environment(compose: dict) -> list[str]:
     init_env = env_of(init)
     if "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" not in str(init.get("command")):
         problems.append("airflow-init does not write the passwords file")
-    for key in ("_AIRFLOW_WWW_USER_USERNAME", "_AIRFLOW_WWW_USER_PASSWORD"):
-        if interpolate(init_env.get(key, "")) != "admin":
-            problems.append(f"airflow-init: {key} should default to admin")
+    if interpolate(init_env.get("_AIRFLOW_WWW_USER_USERNAME", "")) != "admin":
+        problems.append("airflow-init: _AIRFLOW_WWW_USER_USERNAME should default to admin")
+    if required_variable(init_env.get("_AIRFLOW_WWW_USER_PASSWORD", "")) != "AIRFLOW_ADMIN_PASSWORD":
+        problems.append("airflow-init: _AIRFLOW_WWW_USER_PASSWORD should be ${AIRFLOW_ADMIN_PASSWORD:?...}")
     return problems
 
 
 def check_interpolation_defaults(text: str) -> list[str]:
-    """Every ${VAR} used by the file has a development default (like upstream), except NO_DEFAULT_OK."""
-    return [
-        f"${{{name}}} has no default"
-        for name, default in interpolations(text)
-        if default is None and name not in NO_DEFAULT_OK
-    ]
+    """Every ${VAR} used by the file has a development default (like upstream), except NO_DEFAULT_OK, and except the
+    secrets, which are required (`${NAME:?message}`) and never have a default."""
+    problems = []
+    for name, op, arg in interpolations(text):
+        if name in SECRET_VARS:
+            if op != ":?" or REQUIRED_MESSAGE not in (arg or ""):
+                problems.append(f"${{{name}}} is a secret: it must be ${{{name}:?{REQUIRED_MESSAGE}}}")
+        elif op in (":?", "?"):
+            problems.append(f"${{{name}}} is required but is not a secret: give it a default")
+        elif op not in (":-", "-") and name not in NO_DEFAULT_OK:
+            problems.append(f"${{{name}}} has no default")
+    return problems
+
+
+def required_variable(value: str) -> str | None:
+    """NAME when ``value`` is exactly one `${NAME:?message}` interpolation, else None."""
+    m = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]+\}", value.strip())
+    return m.group(1) if m else None
+
+
+def check_secrets(compose: dict) -> list[str]:
+    """No secret is written in the file: every environment variable that holds one (by its name), and the password
+    of every URI's user-info, is exactly a required interpolation of a variable `make compose-env` makes."""
+    problems = []
+    for name, svc in (compose.get("services") or {}).items():
+        for key, value in env_of(svc).items():
+            if SECRET_ENV_NAME.search(key) and not key.upper().endswith(NOT_A_SECRET_SUFFIXES):
+                var = required_variable(value)
+                if var is None:
+                    problems.append(f"{name}: {key} holds a literal or defaulted secret; use ${{NAME:?...}}")
+                elif var not in SECRET_VARS:
+                    problems.append(f"{name}: {key} reads ${{{var}}}, which make compose-env does not make")
+            for m in re.finditer(r"://[^/@\s:]*:(\$\{[^}]*\}|[^@\s]*)@", value):
+                var = required_variable(m.group(1))
+                if var not in SECRET_VARS:
+                    problems.append(f"{name}: {key} has a literal password in a URI; use ${{NAME:?...}}")
+    return problems
+
+
+def published_host_ip(port: Any) -> str | None:
+    """The host address a `ports:` entry binds (short or long syntax); None when it binds every interface."""
+    if isinstance(port, dict):
+        return str(port["host_ip"]) if port.get("host_ip") else None
+    spec = interpolate(str(port)).split("/")[0]
+    if spec.startswith("["):  # [::1]:8080:8080
+        return spec[1 : spec.index("]")]
+    parts = spec.split(":")
+    return ":".join(parts[:-2]) if len(parts) >= 3 else None
+
+
+def check_ports(compose: dict) -> list[str]:
+    """Every published port binds a loopback address (this machine only), and no service shares the host's network."""
+    problems = []
+    for name, svc in (compose.get("services") or {}).items():
+        if str(svc.get("network_mode", "")).startswith("host"):
+            problems.append(f"{name}: network_mode host publishes every port it listens on")
+        for port in svc.get("ports") or []:
+            ip = published_host_ip(port)
+            try:
+                loopback = ip is not None and ipaddress.ip_address(ip).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                problems.append(f"{name}: port {port!r} is published on {ip or 'every interface'}, not 127.0.0.1")
+    return problems
+
+
+def makefile_target(name: str, path: Path = MAKEFILE) -> tuple[str, list[str]] | None:
+    """(prerequisites, recipe lines) of a Makefile target, or None."""
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(rf"^{re.escape(name)}:(?!=)(.*)$", line)
+        if m:
+            recipe = []
+            for nxt in lines[i + 1 :]:
+                if not nxt.startswith("\t"):
+                    break
+                recipe.append(nxt.strip())
+            return m.group(1).strip(), recipe
+    return None
 
 
 def check_paths(compose: dict, compose_dir: Path = REPO_ROOT) -> list[str]:

@@ -22,6 +22,8 @@ from compose_checks import (
     check_init_creates_mount_targets,
     check_interpolation_defaults,
     check_paths,
+    check_ports,
+    check_secrets,
     check_services,
     check_variables,
     dag_variables,
@@ -53,8 +55,21 @@ def test_environment_local_mode_login_and_variables(compose):
     assert check_environment(compose) == []
 
 
-def test_every_interpolated_variable_has_a_default():
+def test_every_interpolated_variable_has_a_default_or_is_a_required_secret():
     assert check_interpolation_defaults(COMPOSE_FILE.read_text()) == []
+
+
+def test_no_secret_is_written_in_the_compose_file(compose):
+    assert check_secrets(compose) == []
+    text = COMPOSE_FILE.read_text()
+    # The values the file used to hold, public in the repository's history.
+    for old in ("fruits_dev_jwt_secret_change_me", "FERNET_KEY:-", "_AIRFLOW_WWW_USER_PASSWORD:-", "airflow:airflow@"):
+        assert old not in text
+
+
+def test_every_published_port_binds_this_machine_only(compose):
+    assert check_ports(compose) == []
+    assert compose["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
 
 
 def test_mount_sources_build_context_and_files_exist(compose):
@@ -65,11 +80,18 @@ def test_mount_sources_build_context_and_files_exist(compose):
 def test_quick_start_in_docs_creates_the_local_folders():
     text = COMPOSE_DOC.read_text()
     assert "docker compose up" in text and "http://localhost:8080" in text
-    assert "admin / admin" in text
+    assert "admin / admin" not in text
     compose_text = COMPOSE_FILE.read_text()
     # The same mkdir line is in the compose file's header, so both stay in step.
     mkdir = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("mkdir -p local/compose")]
     assert mkdir and mkdir[0] in compose_text
+    # Both quick starts make the secrets before `docker compose up`, and neither overwrites .env (which holds them).
+    quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    header = compose_text.split("# Quick start", 1)[1].split("\n#\n", 1)[0]
+    for steps in (quick_start, header):
+        assert "make compose-env" in steps and "docker compose up" in steps
+        assert steps.index("make compose-env") < steps.index("docker compose up")
+    assert "> .env" not in text and "> .env" not in compose_text
 
 
 def test_dockerfile_pins_airflow_installs_java_and_requirements():
@@ -131,6 +153,54 @@ def test_checks_catch_broken_compose(compose):
     assert any(SPARK_JOBS_ENV in p for p in problems)
 
     assert check_interpolation_defaults("password: ${SECRET}\nok: ${A:-b}\n") == ["${SECRET} has no default"]
+    assert check_interpolation_defaults("a: ${AIRFLOW_FERNET_KEY:-}\nb: ${OTHER:?set it}\n") == [
+        "${AIRFLOW_FERNET_KEY} is a secret: it must be ${AIRFLOW_FERNET_KEY:?run make compose-env first}",
+        "${OTHER} is required but is not a secret: give it a default",
+    ]
+
+
+def test_secret_check_catches_secrets_written_in_the_file(compose):
+    broken = copy.deepcopy(compose)
+    env = broken["services"]["airflow-scheduler"]["environment"]
+    env["AIRFLOW__CORE__FERNET_KEY"] = "${FERNET_KEY:-}"
+    env["AIRFLOW__API_AUTH__JWT_SECRET"] = "fruits_dev_jwt_secret_change_me"
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "postgresql+psycopg2://airflow:airflow@postgres/airflow"
+    env["AIRFLOW__API__SECRET_KEY"] = "${SOME_SECRET:?run make compose-env first}"
+    broken["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] = "airflow"
+    broken["services"]["airflow-init"]["environment"]["_AIRFLOW_WWW_USER_PASSWORD"] = "${AIRFLOW_ADMIN_PASSWORD:-admin}"
+    problems = check_secrets(broken)
+    for what in (
+        "airflow-scheduler: AIRFLOW__CORE__FERNET_KEY holds",
+        "airflow-scheduler: AIRFLOW__API_AUTH__JWT_SECRET holds",
+        "airflow-scheduler: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN has a literal password",
+        "airflow-scheduler: AIRFLOW__API__SECRET_KEY reads ${SOME_SECRET}",
+        "postgres: POSTGRES_PASSWORD holds",
+        "airflow-init: _AIRFLOW_WWW_USER_PASSWORD holds",
+    ):
+        assert any(p.startswith(what) for p in problems), (what, problems)
+    assert any("_AIRFLOW_WWW_USER_PASSWORD" in p for p in check_environment(broken))
+    # The passwords file's path is not a secret.
+    assert not any("PASSWORDS_FILE" in p for p in problems)
+
+
+def test_port_check_catches_ports_open_to_the_network(compose):
+    for port in ("8080:8080", 8080, "8080", "0.0.0.0:8080:8080", "[::]:8080:8080", {"target": 8080, "published": 8080}):
+        broken = copy.deepcopy(compose)
+        broken["services"]["airflow-apiserver"]["ports"] = [port]
+        problems = check_ports(broken)
+        assert len(problems) == 1 and problems[0].startswith(f"airflow-apiserver: port {port!r} is published on ")
+    for port in (
+        "127.0.0.1:8080:8080",
+        "[::1]:8080:8080",
+        "127.0.0.1:8080:8080/tcp",
+        {"target": 8080, "host_ip": "127.0.0.1"},
+    ):
+        ok = copy.deepcopy(compose)
+        ok["services"]["airflow-apiserver"]["ports"] = [port]
+        assert check_ports(ok) == []
+    broken = copy.deepcopy(compose)
+    broken["services"]["airflow-apiserver"]["network_mode"] = "host"
+    assert check_ports(broken) == ["airflow-apiserver: network_mode host publishes every port it listens on"]
 
 
 def test_checks_catch_broken_dockerfile():
