@@ -61,6 +61,12 @@ def _memory(value: str) -> str:
     return value
 
 
+def _environment(value: str) -> str:
+    if not re.fullmatch(r"[\w.:/=+@ -]{1,256}", value):
+        raise ValueError(f"must be 1-256 letters, digits, spaces or _.:/=+-@ (an EMR tag value), got {value!r}")
+    return value
+
+
 def _bucket(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
         raise ValueError(f"must be a bare S3 bucket name (no s3://), got {value!r}")
@@ -161,6 +167,15 @@ SETTINGS: tuple[Setting, ...] = (
         lambda s: Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "fruits",
         "Folder holding the storage layout in `local` mode.",
         shown="`$AIRFLOW_HOME/fruits`",
+    ),
+    Setting(
+        "fruits_environment",
+        _environment,
+        lambda s: s["bucket"] or f"local:{s['local_root']}",
+        "The deployment's name, tagged on every cluster (`fruits:environment`): a run acts only on clusters of its "
+        "own environment, so a staging and a production deployment sharing an account (and run ids) never touch "
+        "each other's clusters.",
+        shown="`fruits_bucket` (`local:<fruits_local_root>` locally)",
     ),
     Setting(
         "fruits_local_driver_memory",
@@ -279,6 +294,7 @@ class Settings:
     bucket: str | None
     backend: str
     local_root: Path
+    environment: str
     local_driver_memory: str
     poke_interval: int
     sensor_timeout: int

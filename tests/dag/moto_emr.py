@@ -79,6 +79,8 @@ class EmrEmulator:
         self.silent_steps: set[str] = set()
         self.run_job_flow_requests: list[dict[str, Any]] = []
         self.calls: list[tuple[str, int]] = []
+        self.described: list[str] = []  # the ClusterId of every DescribeCluster, in order
+        self.undescribable: set[str] = set()  # clusters whose DescribeCluster answers AccessDenied
         self._faults: dict[str, list[Fault]] = {}
         self._before: dict[str, list[Callable[[], None]]] = {}
         self._after: dict[str, list[Callable[[], None]]] = {}
@@ -123,6 +125,12 @@ class EmrEmulator:
                 before = emulator._before.pop(action, [])
             for callback in before:
                 callback()
+            if action == "DescribeCluster":
+                cluster_id = json.loads(self.body or "{}").get("ClusterId", "")
+                emulator.described.append(cluster_id)
+                if cluster_id in emulator.undescribable and fault is None:
+                    # What IAM answers a role whose policy does not cover the cluster (moto enforces no IAM).
+                    fault = Fault(400, "AccessDeniedException")
             if fault is not None and not fault.carry_out:
                 result = fault.response(action)
             else:
@@ -153,6 +161,12 @@ class EmrEmulator:
         with ``carry_out`` each is carried out first (a cluster made, a step added) and answered with the error."""
         with self._lock:
             self._faults.setdefault(action, []).extend([Fault(status, code, carry_out)] * times)
+
+    def deny_describe(self, cluster_id: str) -> None:
+        """From now on, ``DescribeCluster`` of ``cluster_id`` answers ``AccessDeniedException`` (another team's
+        cluster, outside the Airflow role's ``project=fruits`` condition)."""
+        with self._lock:
+            self.undescribable.add(cluster_id)
 
     def before(self, action: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` (in the server's thread) once, right before the next call of ``action`` is handled."""

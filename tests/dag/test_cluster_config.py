@@ -102,4 +102,8 @@ def test_moto_accepts_the_spot_request(boto):
     cluster = boto("emr").run_job_flow(**config)["JobFlowId"]
     described = boto("emr").describe_cluster(ClusterId=cluster)["Cluster"]
     assert described["Name"] == "fruits-pipeline-2026-05-01"
+    tags = {t["Key"]: t["Value"] for t in described["Tags"]}
+    assert tags["fruits:environment"] == "fruits-prod"  # the bucket, by default
+    staging = {t["Key"]: t["Value"] for t in request(RunParams(), fruits_environment="staging")["Tags"]}
+    assert staging["fruits:environment"] == "staging"
     boto("emr").terminate_job_flows(JobFlowIds=[cluster])

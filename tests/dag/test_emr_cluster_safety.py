@@ -140,16 +140,28 @@ def test_a_create_task_failing_after_the_cluster_exists_terminates_it(moto_endpo
     assert not cluster["steps"]
 
 
-def make_cluster(boto, run_id: str, with_step: bool = False) -> str:
-    """A cluster tagged as ``run_id``'s, made behind the DAG's back (optionally with a step, as if it had worked)."""
+def make_cluster(
+    boto,
+    run_id: str | None,
+    with_step: bool = False,
+    environment: str = BUCKET,
+    name: str = "fruits-pipeline-made-by-the-test",
+) -> str:
+    """A cluster tagged as ``run_id``'s in ``environment`` (the DAG's default: its bucket), made behind the DAG's
+    back (optionally with a step, as if it had worked); ``run_id`` None: no tags at all (another team's)."""
     client = boto("emr")
+    tags = [
+        {"Key": "airflow:dag_id", "Value": "fruits_pipeline"},
+        {"Key": "airflow:run_id", "Value": run_id or ""},
+        {"Key": "fruits:environment", "Value": environment},
+    ]
     cluster_id = client.run_job_flow(
-        Name="made by the test",
+        Name=name,
         ReleaseLabel="emr-7.13.0",
         Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
-        Tags=[{"Key": "airflow:dag_id", "Value": "fruits_pipeline"}, {"Key": "airflow:run_id", "Value": run_id}],
+        Tags=tags if run_id is not None else [],
     )["JobFlowId"]
     if with_step:
         step = {"Name": "old", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}
@@ -200,6 +212,50 @@ def test_the_teardown_terminates_every_cluster_of_the_run_not_only_the_xcom_one(
     assert stray != xcom_cluster and set(made) == {stray, xcom_cluster}
     assert {c["Status"]["State"] for c in made.values()} == {"TERMINATED"}
     assert stray in result.log("terminate_cluster")
+
+
+def test_another_teams_clusters_are_never_described_and_an_undescribable_one_breaks_nothing(
+    moto_endpoint, weights, boto, emr
+):
+    """The account's other clusters: one of another team (not the pipeline's name) is not even described; one named
+    like the pipeline's that the Airflow role may not describe (IAM's AccessDenied, injected) is skipped."""
+    foreign = make_cluster(boto, None, name="analytics-nightly-etl")
+    denied = make_cluster(boto, None, name="fruits-pipeline-someone-elses")
+    emr.deny_describe(foreign)
+    emr.deny_describe(denied)
+    result = run(moto_endpoint, weights)
+    described = list(emr.described)
+    emr.undescribable.clear()  # for this test's own look-up below
+
+    assert result.returncode == 0, result.explain()
+    assert foreign not in described and denied in described
+    made = clusters(boto)
+    assert made[foreign]["Status"]["State"] in ACTIVE and made[denied]["Status"]["State"] in ACTIVE
+    assert "may not be described" in result.log("create_cluster")
+    assert "may not be described" in result.log("terminate_cluster")
+    (ours,) = [c for i, c in made.items() if i not in (foreign, denied)]
+    assert ours["Status"]["State"] == "TERMINATED" and len(ours["steps"]) == 4
+
+
+def test_two_environments_sharing_run_ids_never_touch_each_others_clusters(moto_endpoint, weights, boto, emr):
+    """Staging and production in one account: the same dag and run ids, other environments. Staging's cluster of
+    'this' run (even one that ran steps, which would be terminated as an earlier pass) is left alone."""
+    staging: list[str] = []
+    emr.before(
+        "ListClusters",
+        lambda: staging.append(make_cluster(boto, current_run_id(), with_step=True, environment="fruits-staging")),
+    )
+    result = run(moto_endpoint, weights)
+
+    assert result.returncode == 0, result.explain()
+    (theirs,) = staging
+    made = clusters(boto)
+    assert made[theirs]["tags"]["airflow:run_id"] == result.run_id
+    assert made[theirs]["Status"]["State"] in ACTIVE
+    (ours,) = [c for i, c in made.items() if i != theirs]
+    assert ours["tags"]["fruits:environment"] == BUCKET
+    assert ours["Status"]["State"] == "TERMINATED" and len(ours["steps"]) == 4
+    assert theirs not in result.log("terminate_cluster")
 
 
 # -- a run stopped while its step runs, on a real Airflow ------------------------------------------------------------

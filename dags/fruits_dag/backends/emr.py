@@ -35,6 +35,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.amazon.aws.triggers.emr import EmrStepSensorTrigger
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from botocore.exceptions import ClientError
 
 from fruits_dag import artifacts, backends
 from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle, stage_file
@@ -52,6 +53,11 @@ CLUSTER_ID = "{{ ti.xcom_pull(task_ids='create_cluster') }}"
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 DAG_ID_TAG = "airflow:dag_id"
 RUN_ID_TAG = "airflow:run_id"
+ENVIRONMENT_TAG = "fruits:environment"  # the deployment (Variable fruits_environment)
+# Every cluster of the pipeline is named so: the look-up describes only those, never another team's clusters.
+CLUSTER_NAME_PREFIX = "fruits-pipeline-"
+# What DescribeCluster answers for a cluster this role may not describe (the Airflow policy allows project=fruits).
+ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
 # Spot: wait this long for Spot capacity at launch, then take on-demand instead (EMR's SWITCH_TO_ON_DEMAND).
 SPOT_TIMEOUT_MINUTES = 10
 # A staged file older than this is copied onto itself (a new LastModified), so that the bucket's expiry of code/
@@ -120,6 +126,7 @@ class EmrBackend(backends.Backend):
                 self.settings, params, plan.run_date, plan.code_uri, run_id, prepared.extras["wheelhouses"]
             ),
             "emr_steps": emr_steps(plan),
+            "environment": self.settings.environment,
         }
 
     def key_sensor(self, task_id: str, keys: str, **kwargs: Any) -> BaseOperator:
@@ -155,7 +162,10 @@ class EmrBackend(backends.Backend):
 
     def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:
         terminate_cluster = EmrTerminateRunClusters(
-            task_id="terminate_cluster", aws_conn_id=AWS_CONN_ID, job_flow_id=CLUSTER_ID
+            task_id="terminate_cluster",
+            aws_conn_id=AWS_CONN_ID,
+            job_flow_id=CLUSTER_ID,
+            environment=backends.from_plan("environment"),
         )
         # Teardown: runs after success, failure, a cleared task or a run marked failed (Airflow 3 keeps teardowns
         # when it stops a run), and the run still fails when a step failed.
@@ -281,7 +291,7 @@ def cluster_config(
     """
     python = {"PYSPARK_PYTHON": PYTHON_ON_NODES, "PYSPARK_DRIVER_PYTHON": PYTHON_ON_NODES}
     config: dict[str, Any] = {
-        "Name": f"fruits-pipeline-{day.isoformat()}",
+        "Name": f"{CLUSTER_NAME_PREFIX}{day.isoformat()}",
         "ReleaseLabel": settings.emr_release,
         "Applications": [{"Name": "Spark"}],
         "LogUri": settings.emr_log_uri,
@@ -311,6 +321,7 @@ def cluster_config(
             # How the run's tasks find its clusters (EmrCreateRunCluster, EmrTerminateRunClusters).
             {"Key": DAG_ID_TAG, "Value": "fruits_pipeline"},
             {"Key": RUN_ID_TAG, "Value": run_id[:256]},
+            {"Key": ENVIRONMENT_TAG, "Value": settings.environment},
             {"Key": "fruits:run_date", "Value": day.isoformat()},
         ],
     }
@@ -372,19 +383,32 @@ class S3CodeStore:
         return str(target)
 
 
-def run_tags(dag_id: str, run_id: str) -> dict[str, str]:
-    """The tags that mark a cluster as the run's (:func:`cluster_config` sets them; a tag value has 256 chars)."""
-    return {DAG_ID_TAG: dag_id, RUN_ID_TAG: run_id[:256]}
+def run_tags(dag_id: str, run_id: str, environment: str) -> dict[str, str]:
+    """The tags that mark a cluster as the run's (:func:`cluster_config` sets them; a tag value has 256 chars).
+
+    The environment is part of it: two deployments share run ids (``scheduled__<date>``)."""
+    return {DAG_ID_TAG: dag_id, RUN_ID_TAG: run_id[:256], ENVIRONMENT_TAG: environment}
 
 
-def find_run_clusters(emr: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """The run's active clusters (``DescribeCluster``'s ``Cluster``), oldest first (then by id: deterministic)."""
-    wanted = run_tags(dag_id, run_id)
+def find_run_clusters(emr: Any, dag_id: str, run_id: str, environment: str) -> list[dict[str, Any]]:
+    """The run's active clusters (``DescribeCluster``'s ``Cluster``), oldest first (then by id: deterministic).
+
+    Only the pipeline's clusters (by name) are described, and one this role may not describe (another team's,
+    named alike) is skipped with a warning: the account's other clusters never break a night."""
+    wanted = run_tags(dag_id, run_id, environment)
     found = []
     for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACTIVE_STATES)):
         for summary in page["Clusters"]:
+            if not summary.get("Name", "").startswith(CLUSTER_NAME_PREFIX):
+                continue
             # ListClusters gives no tags: DescribeCluster does.
-            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            try:
+                cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ACCESS_DENIED:
+                    raise
+                log.warning("EMR cluster %s (%s) may not be described: not this run's", summary["Id"], summary["Name"])
+                continue
             tags = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
             if cluster["Status"]["State"] in ACTIVE_STATES and all(tags.get(k) == v for k, v in wanted.items()):
                 found.append(cluster)
@@ -416,11 +440,11 @@ class EmrCreateRunCluster(EmrCreateJobFlowOperator):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._job_flow_id: str | None = None  # the provider sets it only once RunJobFlow answered
-        self._run: tuple[str, str] | None = None
+        self._run: tuple[str, str, str] | None = None
 
     def execute(self, context: Any) -> str:
         ti = context["ti"]
-        self._run = (ti.dag_id, ti.run_id)
+        self._run = (ti.dag_id, ti.run_id, environment_of(self.job_flow_overrides))
         try:
             return self._find_or_create(context)
         except BaseException:
@@ -432,8 +456,8 @@ class EmrCreateRunCluster(EmrCreateJobFlowOperator):
 
     def _find_or_create(self, context: Any) -> str:
         emr = self.hook.conn
-        dag_id, run_id = self._run or ("", "")
-        existing = find_run_clusters(emr, dag_id, run_id)
+        dag_id, run_id, environment = self._run or ("", "", "")
+        existing = find_run_clusters(emr, dag_id, run_id, environment)
         used = [c["Id"] for c in existing if emr.list_steps(ClusterId=c["Id"]).get("Steps")]
         terminate_clusters(emr, used, self.log, "it ran steps of an earlier pass of this run (the run was cleared)")
         fresh = [c for c in existing if c["Id"] not in used]
@@ -443,7 +467,7 @@ class EmrCreateRunCluster(EmrCreateJobFlowOperator):
             created = super().execute(context)
             if created is None:
                 raise AirflowException("RunJobFlow returned no cluster id")
-            fresh = [c for c in find_run_clusters(emr, dag_id, run_id) if c["Id"] not in used]
+            fresh = [c for c in find_run_clusters(emr, dag_id, run_id, environment) if c["Id"] not in used]
             if created not in {c["Id"] for c in fresh}:  # not listed yet: keep it in the race for oldest
                 fresh = sorted(
                     [*fresh, emr.describe_cluster(ClusterId=created)["Cluster"]],
@@ -518,19 +542,34 @@ class EmrAddRunSteps(EmrAddStepsOperator):
         )
 
 
+def environment_of(job_flow_overrides: Any) -> str:
+    """The environment tag of a cluster request (``cluster_config``'s); a request without one is an error."""
+    tags = {t["Key"]: t["Value"] for t in (job_flow_overrides or {}).get("Tags", [])}
+    if not tags.get(ENVIRONMENT_TAG):
+        raise AirflowException(f"the cluster request has no {ENVIRONMENT_TAG} tag: refusing to look for clusters")
+    return tags[ENVIRONMENT_TAG]
+
+
 class EmrTerminateRunClusters(EmrTerminateJobFlowOperator):
     """``EmrTerminateJobFlowOperator`` that terminates ``job_flow_id`` and every other active cluster of the run.
 
     ``job_flow_id`` (``create_cluster``'s XCom) may be missing or not the only one: the run's clusters are also
-    found by their tags, so a duplicate left by a resent ``RunJobFlow`` ends with the run too.
+    found by their tags (``environment``: the deployment's, from the run's plan), so a duplicate left by a resent
+    ``RunJobFlow`` ends with the run too.
     """
+
+    template_fields = (*EmrTerminateJobFlowOperator.template_fields, "environment")
+
+    def __init__(self, *, environment: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.environment = environment
 
     def execute(self, context: Any) -> None:
         ti = context["ti"]
         emr = self.hook.conn
         known = [self.job_flow_id] if isinstance(self.job_flow_id, str) and self.job_flow_id.startswith("j-") else []
         try:
-            found = [c["Id"] for c in find_run_clusters(emr, ti.dag_id, ti.run_id)]
+            found = [c["Id"] for c in find_run_clusters(emr, ti.dag_id, ti.run_id, self.environment)]
         except Exception:
             # Still end the cluster we know of; the retry looks for the others again.
             terminate_clusters(emr, known, self.log, "the run is over")
