@@ -202,7 +202,7 @@ def test_an_old_staged_file_is_refreshed_in_s3(moto_endpoint, boto, monkeypatch)
         s3.head_object(Bucket="fruits-artifacts", Key="code/artifacts/w.tar")["LastModified"] == before["LastModified"]
     )
 
-    monkeypatch.setattr(emr, "REFRESH_AFTER_DAYS", -1)  # every file counts as old
+    monkeypatch.setattr(emr.code_store, "REFRESH_AFTER_DAYS", -1)  # every file counts as old
     time.sleep(1.1)  # LastModified has a resolution of one second
     store.refresh("s3://fruits-artifacts/code/artifacts/w.tar")
     after = s3.head_object(Bucket="fruits-artifacts", Key="code/artifacts/w.tar")
