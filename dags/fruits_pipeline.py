@@ -18,8 +18,14 @@ plots), by the four Spark jobs in `spark_jobs/`.
   the run's plan to XCom) → `wait_for_uploads` → [`create_cluster` → `add_steps`] →
   for each of clean, embed, pca, report: `<job>_step` (watch the EMR step / run the local job) →
   `<job>_success` (its `_SUCCESS` marker, written during this step) → [`terminate_cluster`].
+* **One writer**: `take_lease` takes the storage root's writer lease (`locks/writer.json`, a conditional write)
+  before anything is written, and the `give_back_lease` teardown returns it; a second writer (another deployment
+  on the same bucket, an `airflow dags test`) fails there at once, naming the holder.
 * **Failures**: a failed step cancels the later ones; the error names the step, EMR's reason and the logs.
   To retry, clear the whole run: the old cluster, if still up, is terminated and a new one created.
+* **Alerts** (Variable `fruits_alert_topic_arn`): a task failing for good, a run past `fruits_run_deadline` and
+  `fruits_alert_after_empty_nights` nights without uploads publish to the ops SNS topic. Every task has a
+  timeout, and a run is stopped after `fruits_run_timeout`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from fruits_dag import alerts, lease
 from fruits_dag import settings as fruits_settings
 from fruits_dag.assets import pipeline_assets
 from fruits_dag.backends import from_plan, get_backend, marker_is_fresh
@@ -49,6 +56,9 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": dt.timedelta(minutes=1),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=10),
+    # The jobs and the step watchers set their own (fruits_sensor_timeout); a hung call never holds a slot for ever.
+    "execution_timeout": dt.timedelta(seconds=SETTINGS.task_timeout),
+    "on_failure_callback": alerts.failure_callbacks(SETTINGS),  # a task failed for good: tell the ops topic
 }
 
 
@@ -68,6 +78,33 @@ def stage_code(**context: Any) -> dict[str, Any]:
     return {**plan.to_xcom(), **BACKEND.plan_extras(plan, params, context["run_id"], prepared)}
 
 
+def _holder(context: dict[str, Any]) -> lease.Holder:
+    dag_run = context["dag_run"]
+    return lease.Holder.of_run(
+        dag_run.dag_id,
+        dag_run.run_id,
+        SETTINGS.environment,
+        dt.timedelta(seconds=SETTINGS.run_timeout),  # no run outlives its dagrun_timeout
+        dt.datetime.now(dt.UTC),
+    )
+
+
+@task(retries=0)
+def take_lease(lease_uri: str, **context: Any) -> dict[str, str]:
+    """Take the storage root's writer lease, before anything of the run is written; held: fail at once."""
+    me = _holder(context)
+    try:
+        return vars(lease.take(BACKEND.lease_store(lease_uri), me, dt.datetime.now(dt.UTC)))
+    except lease.LeaseHeld as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+@task
+def give_back_lease(lease_uri: str, **context: Any) -> bool:
+    """Give the writer lease back once nothing of the run writes any more (after the cluster's end)."""
+    return lease.give_back(BACKEND.lease_store(lease_uri), _holder(context))
+
+
 with DAG(
     dag_id="fruits_pipeline",
     description=f"Nightly clean, embed (MobileNetV2), PCA and report of the uploaded fruit photos ({SETTINGS.backend})",
@@ -79,17 +116,18 @@ with DAG(
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params=dag_params(),
+    dagrun_timeout=dt.timedelta(seconds=SETTINGS.run_timeout),
+    deadline=alerts.deadline_alert(SETTINGS),
     # Lists and dicts from XCom (sensor keys, steps, cluster configuration) render as themselves, not as text.
     render_template_as_native_obj=True,
     tags=["fruits", "spark", SETTINGS.backend],
 ) as dag:
     plan = stage_code()
-    wait_for_uploads = BACKEND.key_sensor(
-        "wait_for_uploads",
-        from_plan("uploads_pattern"),
-        wildcard_match=True,
-        soft_fail=True,  # nothing uploaded by the timeout: skip the rest of the run, don't fail it
+    # Nothing uploaded by the timeout: skip the rest of the run; the Nth such night in a row fails (an alert).
+    wait_for_uploads = BACKEND.uploads_sensor(
+        "wait_for_uploads", from_plan("uploads_pattern"), earlier=from_plan("earlier_uploads")
     )
+    writer = take_lease(from_plan("lease_uri"))
     setup = BACKEND.setup()
     # Each job, then its _SUCCESS marker(s), which must have been written during this step; that sensor emits the
     # job's asset, with the job's figures as extras.
@@ -105,5 +143,6 @@ with DAG(
         )
         for index, name in enumerate(STEP_NAMES)
     ]
-    chain(plan, wait_for_uploads, *setup, *(t for pair in jobs for t in pair))
-    BACKEND.teardown(setup, last=jobs[-1][-1])
+    chain(plan, wait_for_uploads, writer, *setup, *(t for pair in jobs for t in pair))
+    done_writing = BACKEND.teardown(setup, last=jobs[-1][-1])
+    done_writing >> give_back_lease(from_plan("lease_uri")).as_teardown(setups=writer)

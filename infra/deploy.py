@@ -48,6 +48,7 @@ OUTPUT_VARIABLES: dict[str, str] = {
     "EmrInstanceProfileName": "fruits_emr_instance_profile",
     "EmrLogUri": "fruits_emr_log_uri",
     "EmrSubnetId": "fruits_emr_subnet_id",
+    "OpsTopicArn": "fruits_alert_topic_arn",
 }
 # The one output that is not a Variable: what to attach to Airflow's own AWS identity.
 AIRFLOW_POLICY_OUTPUT = "AirflowPolicyArn"

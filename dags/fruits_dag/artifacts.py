@@ -68,15 +68,18 @@ def platform_tags(arch: str) -> list[str]:
     return [*tags, f"manylinux2014_{arch}"]
 
 
-def wheelhouse(requirements: str, arch: str, python: str = NODE_PYTHON) -> Artifact:
-    """The wheelhouse artifact of ``requirements`` (already without ``not-on-nodes`` lines) for ``arch``."""
+def wheelhouse(requirements: str, arch: str, python: str = NODE_PYTHON, timeout: float | None = None) -> Artifact:
+    """The wheelhouse artifact of ``requirements`` (already without ``not-on-nodes`` lines) for ``arch``; its
+    build is killed after ``timeout`` seconds (Variable ``fruits_build_timeout``)."""
     tags = platform_tags(arch)
     key = hashlib.sha256("\n".join([python, arch, *tags, requirements]).encode()).hexdigest()[:16]
     name = f"wheelhouse-{key}-cp{python.replace('.', '')}-{arch}.tar"
-    return Artifact(name, lambda target: build_wheelhouse(requirements, arch, target, python))
+    return Artifact(name, lambda target: build_wheelhouse(requirements, arch, target, python, timeout))
 
 
-def build_wheelhouse(requirements: str, arch: str, target: Path, python: str = NODE_PYTHON) -> Path:
+def build_wheelhouse(
+    requirements: str, arch: str, target: Path, python: str = NODE_PYTHON, timeout: float | None = None
+) -> Path:
     """Download the wheels of ``requirements`` for the nodes' platform and write them, with the requirements file,
     as one tar at ``target`` (atomically). Binary wheels only: nothing is compiled, on this machine or the nodes."""
     python_tag = f"cp{python.replace('.', '')}"
@@ -91,7 +94,7 @@ def build_wheelhouse(requirements: str, arch: str, target: Path, python: str = N
             *(f"--platform={tag}" for tag in platform_tags(arch)),
             "-r", str(folder / "requirements.txt"),
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = _run(command, f"pip download of the {arch} wheelhouse", timeout)
         if result.returncode != 0:
             raise ArtifactError(
                 f"pip could not download the nodes' wheels for {python_tag} {arch} (a package without such a "
@@ -114,7 +117,7 @@ def _tar(path: Path, requirements: Path, wheels: Iterable[Path]) -> None:
             archive.add(wheel, arcname=wheel.name)
 
 
-def onnx_model(weights: str, jobs_dir: Path) -> Artifact:
+def onnx_model(weights: str, jobs_dir: Path, timeout: float | None = None) -> Artifact:
     """The ONNX export of the Keras ``weights`` (a .h5 file or ``imagenet``), made by the jobs' own exporter in a
     child process.
 
@@ -123,19 +126,32 @@ def onnx_model(weights: str, jobs_dir: Path) -> Artifact:
     """
     if weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights} (Variable fruits_weights)")
-    name = _embedding(jobs_dir, "name", weights).strip()
-    return Artifact(name, lambda target: _write_atomically(target, lambda p: _export(jobs_dir, weights, p)))
+    name = _embedding(jobs_dir, timeout, "name", weights).strip()
+    return Artifact(name, lambda target: _write_atomically(target, lambda p: _export(jobs_dir, weights, p, timeout)))
 
 
-def _export(jobs_dir: Path, weights: str, target: Path) -> None:
+def _export(jobs_dir: Path, weights: str, target: Path, timeout: float | None) -> None:
     log.info("Exporting %s to ONNX (once per weights file)", weights)
-    _embedding(jobs_dir, "export", weights, str(target))
+    _embedding(jobs_dir, timeout, "export", weights, str(target))
 
 
-def _embedding(jobs_dir: Path, *args: str) -> str:
+def _run(command: list[str], what: str, timeout: float | None, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` that kills the child after ``timeout`` s: a hung index never holds a worker for ever."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stderr or expired.stdout or b""
+        tail = (output.decode(errors="replace") if isinstance(output, bytes) else output)[-2000:]
+        raise ArtifactError(
+            f"{what} did not finish in {timeout:.0f} s and was killed (Variable fruits_build_timeout); "
+            f"its last output:\n{tail}"
+        ) from None
+
+
+def _embedding(jobs_dir: Path, timeout: float | None, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(jobs_dir), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(
-        [sys.executable, "-m", "fruits_common.embedding", *args], capture_output=True, text=True, env=env
+    result = _run(
+        [sys.executable, "-m", "fruits_common.embedding", *args], f"fruits_common.embedding {args[0]}", timeout, env=env
     )
     if result.returncode != 0:
         raise ArtifactError(f"fruits_common.embedding {args[0]} failed:\n{result.stderr[-3000:]}")

@@ -17,6 +17,7 @@ Storage layout (under ``s3://<bucket>/`` or the local root)::
     models/pca/CURRENT, vNNNN/     the PCA model versions and the pointer to the current one (pca.py)
     reports/YYYY-MM-DD/      report.json and plots of the run      (report.py)
     logs/emr/                EMR cluster and step logs (EMR only)
+    locks/writer.json        the lease of the run writing under this root (fruits_dag.lease)
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class Layout:
     def report(self, day: dt.date) -> str:
         return self.join("reports", day.isoformat())
 
+    def lease(self) -> str:
+        """The writer's lease: one run at a time writes under the root."""
+        return self.join("locks", "writer.json")
+
 
 @dataclass(frozen=True)
 class JobRun:
@@ -99,6 +104,9 @@ class RunPlan:
     code_uri: str
     uploads_pattern: str
     jobs: list[JobRun]
+    # The upload folders of the nights before this one that, all empty with this one, make an alert.
+    earlier_uploads: list[str]
+    lease_uri: str
 
     def job(self, name: str) -> JobRun:
         return next(j for j in self.jobs if j.name == name)
@@ -109,6 +117,8 @@ class RunPlan:
             "run_date": self.run_date.isoformat(),
             "code_uri": self.code_uri,
             "uploads_pattern": self.uploads_pattern,
+            "earlier_uploads": self.earlier_uploads,
+            "lease_uri": self.lease_uri,
         }
         for job in self.jobs:
             values[f"{job.name}_job"] = asdict(job)
@@ -217,4 +227,8 @@ def build_plan(
         # A run starts when its own day has uploads (it then reads the whole window); full mode: anything.
         uploads_pattern=f"{source}/*" if params.mode == "full" else f"{source}/{day_iso}/*",
         jobs=jobs,
+        earlier_uploads=[]
+        if params.mode == "full"
+        else [f"{source}/{day - dt.timedelta(days=n)}/" for n in range(1, settings.alert_after_empty_nights)],
+        lease_uri=layout.lease(),
     )

@@ -114,6 +114,12 @@ def _wheelhouses(value: str) -> tuple[str, ...]:
     return files
 
 
+def _topic_arn(value: str) -> str:
+    if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}", value):
+        raise ValueError(f"must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>), got {value!r}")
+    return value
+
+
 def _count(value: str) -> int:
     try:
         number = int(value)
@@ -276,6 +282,51 @@ SETTINGS: tuple[Setting, ...] = (
         "`core_instance_type` (same size, one unit each): more pools, fewer interruptions.",
         shown="`m5.xlarge,m5a.xlarge,m6i.xlarge,m6a.xlarge,m7i.xlarge`",
     ),
+    Setting(
+        "fruits_alert_topic_arn",
+        _topic_arn,
+        None,
+        "SNS topic that hears of a task failing for good, a run missing its deadline and too many nights without "
+        "uploads (the stack's `OpsTopic`; subscribe e-mail, chat or paging to it).",
+        shown="(none: failures are only in Airflow)",
+    ),
+    Setting(
+        "fruits_run_deadline",
+        _seconds(1),
+        6 * 3600,
+        "Seconds after a run is queued by which it should have ended; a run still going then is reported to the "
+        "alert topic (an Airflow deadline alert) and goes on.",
+        shown="`21600` (6 h)",
+    ),
+    Setting(
+        "fruits_run_timeout",
+        _seconds(60),
+        20 * 3600,
+        "Seconds after which a run is stopped and failed (`dagrun_timeout`), before the next night starts; also "
+        "how long a run's writer lease is valid.",
+        shown="`72000` (20 h)",
+    ),
+    Setting(
+        "fruits_task_timeout",
+        _seconds(60),
+        3600,
+        "Seconds a task other than a job may run (`execution_timeout`; for sensors, each poke). The jobs are "
+        "bounded by `fruits_sensor_timeout`.",
+    ),
+    Setting(
+        "fruits_build_timeout",
+        _seconds(60),
+        1800,
+        "Seconds `stage_code` gives each child process that builds an artifact (the ONNX export, one `pip "
+        "download` of a wheelhouse) before killing it.",
+    ),
+    Setting(
+        "fruits_alert_after_empty_nights",
+        _count,
+        3,
+        "Nights in a row without uploads after which `wait_for_uploads` fails (and so alerts) instead of skipping "
+        "the run: a broken upload path shows as skipped nights.",
+    ),
     # EMR accepts 60 s to 7 days.
     Setting(
         "fruits_emr_idle_timeout",
@@ -312,6 +363,12 @@ class Settings:
     emr_log_uri: str
     emr_primary_instance_type: str
     emr_spot_instance_types: tuple[str, ...]
+    alert_topic_arn: str | None
+    run_deadline: int
+    run_timeout: int
+    task_timeout: int
+    build_timeout: int
+    alert_after_empty_nights: int
     emr_idle_timeout: int
 
     @property
@@ -351,6 +408,11 @@ def _check_together(values: Mapping[str, Any]) -> None:
         raise SettingsError("Variable fruits_bucket is required when fruits_backend is emr")
     if backend == "local" and not values["local_root"].is_absolute():
         raise SettingsError(f"Variable fruits_local_root must be an absolute path, got {str(values['local_root'])!r}")
+    if values["run_deadline"] >= values["run_timeout"]:
+        raise SettingsError(
+            f"Variable fruits_run_deadline ({values['run_deadline']} s) must be less than fruits_run_timeout "
+            f"({values['run_timeout']} s): a run stopped by its timeout never reaches its deadline"
+        )
     if values["weights"].startswith("s3://") and backend == "local":
         raise SettingsError(
             "Variable fruits_weights is an s3:// URI, which the local backend cannot read "

@@ -161,3 +161,30 @@ def parse_with_job(script: str, args: list[str]) -> argparse.Namespace:
     """Parse ``args`` with the parser of the job module named by ``script`` (``.../clean.py`` -> ``clean``)."""
     module = importlib.import_module(Path(script).stem)
     return module.build_parser().parse_args(args)
+
+
+class OpsTopic:
+    """The ops SNS topic on moto, with an SQS queue subscribed to it: what the DAG publishes is read back from the
+    queue, as a person's e-mail or pager subscription would receive it."""
+
+    NAME = "fruits-ops"
+
+    def __init__(self, boto: Any) -> None:
+        self.sns, self.sqs = boto("sns"), boto("sqs")
+        self.arn = self.sns.create_topic(Name=self.NAME)["TopicArn"]
+        self.queue = self.sqs.create_queue(QueueName=f"{self.NAME}-inbox")["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]
+        self.sns.subscribe(TopicArn=self.arn, Protocol="sqs", Endpoint=queue_arn["QueueArn"])
+
+    def variables(self) -> dict[str, str]:
+        return {"AIRFLOW_VAR_FRUITS_ALERT_TOPIC_ARN": self.arn}
+
+    def messages(self) -> list[dict[str, str]]:
+        """Every message published so far (``Subject``, ``Message``), taken off the queue."""
+        found = []
+        while batch := self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages"):
+            for message in batch:
+                envelope = json.loads(message["Body"])  # SNS's JSON envelope (no raw delivery)
+                found.append({"Subject": envelope.get("Subject", ""), "Message": envelope["Message"]})
+                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
+        return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tarfile
@@ -164,6 +165,21 @@ def test_a_wheel_missing_for_the_platform_is_a_clear_error(tmp_path):
     with pytest.raises(artifacts.ArtifactError, match="aarch64"):
         artifacts.build_wheelhouse("tensorflow-cpu==2.21.0\n", "aarch64", tmp_path / "w.tar")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_package_index_that_never_answers_is_given_up_after_the_build_timeout(tmp_path, monkeypatch):
+    """A hung index (it accepts the connection and says nothing) must not hold the worker: pip is killed."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured index or local wheel folder
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{silent.getsockname()[1]}/simple/")
+        monkeypatch.setenv("PIP_TIMEOUT", "600")  # pip's own socket timeout would not save us
+        started = time.monotonic()
+        with pytest.raises(
+            artifacts.ArtifactError, match=r"did not finish in 5 s and was killed.*fruits_build_timeout"
+        ):
+            artifacts.build_wheelhouse(TINY + "\n", "x86_64", tmp_path / "w.tar", timeout=5)
+        assert time.monotonic() - started < 60
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_artifact_is_built_once_and_then_only_staged(tmp_path):

@@ -13,6 +13,7 @@ from dag_harness import REPO_ROOT
 EMR_ORDER = [
     "stage_code",
     "wait_for_uploads",
+    "take_lease",
     "create_cluster",
     "add_steps",
     "clean_step",
@@ -24,8 +25,11 @@ EMR_ORDER = [
     "report_step",
     "report_success",
     "terminate_cluster",
+    "give_back_lease",
 ]
 LOCAL_ORDER = [t for t in EMR_ORDER if t not in ("create_cluster", "add_steps", "terminate_cluster")]
+TEARDOWNS = {"terminate_cluster", "give_back_lease"}
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:fruits-ops"
 SENSORS = ["wait_for_uploads", "clean_success", "embed_success", "pca_success", "report_success"]
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -99,22 +103,28 @@ def test_emr_task_order_and_trigger_rules(emr_dag):
     assert set(tasks) == set(EMR_ORDER)
     for upstream, downstream in zip(EMR_ORDER, EMR_ORDER[1:], strict=False):
         assert tasks[downstream].upstream_task_ids >= {upstream}, (upstream, downstream)
-    # Nothing skips a step: every task but the teardown has exactly its predecessor upstream.
-    for upstream, downstream in zip(EMR_ORDER[:-2], EMR_ORDER[1:-1], strict=False):
+    # Nothing skips a step: every task but the teardowns has exactly its predecessor upstream.
+    for upstream, downstream in zip(EMR_ORDER[:-3], EMR_ORDER[1:-2], strict=False):
         assert tasks[downstream].upstream_task_ids == {upstream}, downstream
     assert tasks["terminate_cluster"].upstream_task_ids == {"report_success", "create_cluster"}
-    assert tasks["create_cluster"].is_setup and tasks["terminate_cluster"].is_teardown
-    assert tasks["terminate_cluster"].trigger_rule == "all_done_setup_success"
-    assert {t.trigger_rule for t in emr_dag.tasks if t.task_id != "terminate_cluster"} == {"all_success"}
+    # The lease goes back once the cluster is gone: nothing of the run writes after that.
+    assert tasks["give_back_lease"].upstream_task_ids == {"terminate_cluster", "take_lease"}
+    assert tasks["create_cluster"].is_setup and tasks["take_lease"].is_setup
+    assert all(tasks[t].is_teardown and tasks[t].trigger_rule == "all_done_setup_success" for t in TEARDOWNS)
+    assert {t.trigger_rule for t in emr_dag.tasks if t.task_id not in TEARDOWNS} == {"all_success"}
+    # A held lease cannot be fixed by retrying: the second writer fails at once.
+    assert tasks["take_lease"].retries == 0
 
 
 def test_local_mode_has_the_same_tasks_without_the_cluster(local_dag):
     tasks = local_dag.task_dict
     assert set(tasks) == set(LOCAL_ORDER)
-    for upstream, downstream in zip(LOCAL_ORDER, LOCAL_ORDER[1:], strict=False):
+    for upstream, downstream in zip(LOCAL_ORDER[:-1], LOCAL_ORDER[1:-1], strict=False):
         assert tasks[downstream].upstream_task_ids == {upstream}
+    assert tasks["give_back_lease"].upstream_task_ids == {"report_success", "take_lease"}
     assert {type(tasks[f"{n}_step"]).__name__ for n in ("clean", "embed", "pca", "report")} == {"LocalSparkJobOperator"}
-    assert {type(tasks[s]).__name__ for s in SENSORS} == {"LocalKeySensor"}
+    assert type(tasks["wait_for_uploads"]).__name__ == "LocalUploadsSensor"
+    assert {type(tasks[s]).__name__ for s in SENSORS[1:]} == {"LocalKeySensor"}
     assert "local" in local_dag.tags
 
 
@@ -122,9 +132,39 @@ def test_sensors_reschedule_with_the_configured_timing(emr_dag):
     for task_id in [*SENSORS, "clean_step", "embed_step", "pca_step", "report_step"]:
         task = emr_dag.task_dict[task_id]
         assert (task.mode, task.poke_interval, task.timeout) == ("reschedule", 300, 7200), task_id
-    assert emr_dag.task_dict["wait_for_uploads"].soft_fail is True
-    assert not any(emr_dag.task_dict[s].soft_fail for s in SENSORS[1:])
+    # wait_for_uploads skips (or alerts) by itself: soft_fail would also skip on errors.
+    assert not any(emr_dag.task_dict[s].soft_fail for s in SENSORS)
     assert emr_dag.task_dict["wait_for_uploads"].wildcard_match is True
+    assert emr_dag.task_dict["wait_for_uploads"].quiet_nights == 3
+
+
+def test_every_task_and_the_run_have_a_timeout(emr_dag):
+    assert emr_dag.dagrun_timeout == dt.timedelta(hours=20)
+    for task in emr_dag.tasks:
+        limit = dt.timedelta(seconds=7200 + 600) if task.task_id.endswith("_step") else dt.timedelta(hours=1)
+        assert task.execution_timeout == limit, task.task_id
+
+
+def test_without_a_topic_nothing_is_told_and_with_one_every_task_and_the_deadline_are(monkeypatch, emr_dag):
+    assert emr_dag.deadline is None
+    assert not any(t.on_failure_callback for t in emr_dag.tasks)
+
+    bag = parse(monkeypatch, fruits_bucket="fruits-prod", fruits_alert_topic_arn=TOPIC, fruits_run_deadline="5400")
+    assert bag.import_errors == {}
+    dag = bag.dags["fruits_pipeline"]
+    assert all(len(t.on_failure_callback) == 1 for t in dag.tasks)
+    (deadline,) = dag.deadline
+    assert deadline.interval == dt.timedelta(minutes=90)
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert deadline.callback.path == "airflow.providers.amazon.aws.notifications.sns.SnsNotifier"
+    assert deadline.callback.kwargs["target_arn"] == TOPIC
+
+
+def test_a_deadline_past_the_run_timeout_or_a_bad_topic_is_an_import_error(monkeypatch):
+    errors = parse(monkeypatch, fruits_bucket="b-one", fruits_run_deadline="80000").import_errors
+    assert "fruits_run_deadline (80000 s) must be less than fruits_run_timeout" in next(iter(errors.values()))
+    errors = parse(monkeypatch, fruits_bucket="b-one", fruits_alert_topic_arn="ops-topic").import_errors
+    assert "fruits_alert_topic_arn must be an SNS topic ARN" in next(iter(errors.values()))
 
 
 def test_params_are_validated_with_clear_messages(emr_dag):

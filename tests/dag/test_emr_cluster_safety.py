@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, dags_test, emr_variables, reset_moto
+from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, OpsTopic, dags_test, emr_variables, reset_moto
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -258,7 +258,9 @@ def test_two_environments_sharing_run_ids_never_touch_each_others_clusters(moto_
     assert theirs not in result.log("terminate_cluster")
 
 
-# -- a run stopped while its step runs, on a real Airflow ------------------------------------------------------------
+# -- a run stopped while its step runs, a run past its deadline: on a real Airflow -----------------------------------
+OPS_TOPIC_ARN = f"arn:aws:sns:us-east-1:123456789012:{OpsTopic.NAME}"  # what moto names the topic OpsTopic creates
+DEADLINE_SECONDS = 40
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +277,8 @@ def airflow(tmp_path_factory, moto_endpoint, weights) -> Iterator[Any]:
         extra_env={
             **emr_variables(moto_endpoint, BUCKET, weights),
             "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "600",
+            "AIRFLOW_VAR_FRUITS_ALERT_TOPIC_ARN": OPS_TOPIC_ARN,
+            "AIRFLOW_VAR_FRUITS_RUN_DEADLINE": str(DEADLINE_SECONDS),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         },
     )
@@ -360,3 +364,25 @@ def test_a_run_cleared_while_a_step_runs_terminates_its_cluster(airflow, moto_en
     airflow.wait_for_run(DAG_ID, run_id, timeout=120)
     assert {c["Status"]["State"] for c in clusters(boto).values()} == {"TERMINATED"}
     assert {c["tags"]["airflow:run_id"] for c in clusters(boto).values()} == {run_id}
+
+
+def test_a_run_past_its_deadline_tells_the_ops_topic_once_and_goes_on(airflow, moto_endpoint, boto, emr):
+    ops = OpsTopic(boto)
+    assert ops.arn == OPS_TOPIC_ARN
+    emr.step_seconds = 3600  # the clean step outlasts the deadline
+    run_id, cluster_id = start_run_until_the_clean_step_runs(airflow, boto, "2026-06-03")
+
+    # The scheduler sees the deadline pass and queues the callback; the triggerer publishes.
+    (alert,) = wait_until(ops.messages, "a deadline message on the ops topic", airflow, timeout=DEADLINE_SECONDS + 150)
+    assert alert["Subject"] == f"[fruits-pipeline] {DAG_ID} missed its deadline"
+    assert f"Run {run_id} of {DAG_ID} had not ended by" in alert["Message"]
+    assert "It goes on" in alert["Message"]
+    # Told, not stopped: the step is still watched, and nothing is told twice.
+    assert task_states(airflow, run_id)["clean_step"] == "deferred"
+    time.sleep(10)
+    assert ops.messages() == []
+
+    assert airflow.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"state": "failed"}).ok
+    wait_until(
+        lambda: clusters(boto)[cluster_id]["Status"]["State"] == "TERMINATED", "cluster terminated", airflow, 120
+    )

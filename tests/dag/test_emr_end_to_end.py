@@ -11,6 +11,7 @@ import pytest
 
 from dag_harness import (
     REPO_ROOT,
+    OpsTopic,
     STAND_IN_WHEELHOUSE,
     dags_test,
     emr_variables,
@@ -74,17 +75,28 @@ def happy_run(moto_endpoint, weights, boto):
     """One successful nightly run of DATE; the re-run test runs it a second time."""
     reset_moto(moto_endpoint)
     prepare_bucket(boto)
+    ops = OpsTopic(boto)
     with EmrEmulator() as emr:
-        result = dags_test(DATE, pipeline_env(moto_endpoint, weights), conf=CONF)
-    assert result.returncode == 0, result.explain()
+        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights), **ops.variables()}, conf=CONF)
+    assert result.returncode == 0, result.explain() + result.output[-6000:]
     clusters = boto("emr").list_clusters()["Clusters"]
+    result.alerts = ops.messages()
     return result, emr, clusters
 
 
 def test_happy_path_runs_every_task(happy_run):
     result, _, _ = happy_run
     assert set(result.states.values()) == {"success"}, result.states
-    assert len(result.states) == 13
+    assert len(result.states) == 15
+    assert result.alerts == []  # a good night tells nobody anything
+
+
+def test_the_writer_lease_is_taken_before_the_cluster_and_given_back_after_it(happy_run, boto):
+    result, _, _ = happy_run
+    taken = result.log("take_lease")
+    assert f"Took the writer lease s3://{BUCKET}/locks/writer.json" in taken
+    assert "Gave back the writer lease" in result.log("give_back_lease")
+    assert "Contents" not in boto("s3").list_objects_v2(Bucket=BUCKET, Prefix="locks/")
 
 
 def test_happy_path_stages_code_and_model_under_their_content_hash(happy_run, boto, weights):
@@ -195,9 +207,10 @@ def test_rerun_of_the_same_date_stages_nothing_and_submits_the_same_steps(happy_
 def test_failing_embed_step_fails_the_run_and_still_terminates_the_cluster(moto_endpoint, weights, boto):
     reset_moto(moto_endpoint)
     prepare_bucket(boto)
+    ops = OpsTopic(boto)
     with EmrEmulator() as emr:
         emr.fail_steps.add("embed")
-        result = dags_test(DATE, pipeline_env(moto_endpoint, weights))
+        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights), **ops.variables()})
     assert result.returncode != 0
     states = result.states
     assert states["clean_step"] == states["clean_success"] == "success"
@@ -215,17 +228,49 @@ def test_failing_embed_step_fails_the_run_and_still_terminates_the_cluster(moto_
     assert "EMR gave no failure details" in log
     assert f"s3://{BUCKET}/logs/emr/{cluster['Id']}/steps/" in log
 
+    # One message, for the task that failed for good (the tasks it stopped did not fail themselves).
+    messages = ops.messages()
+    assert len(messages) == 1, (messages, log[-4000:])
+    (alert,) = messages
+    assert alert["Subject"] == f"[fruits-pipeline] embed_step failed (fruits_pipeline, {DATE} 00:00:00+00:00)"
+    assert f"Run: {result.run_id}" in alert["Message"]
+    assert f"on cluster {cluster['Id']} ended FAILED" in alert["Message"]
+    assert "Log: http" in alert["Message"] and "embed_step" in alert["Message"]
+    # The lease went back after the cluster: the next night can write.
+    assert result.states["give_back_lease"] == "success"
+
 
 def test_no_uploads_skips_the_run_and_creates_no_cluster(moto_endpoint, weights, boto):
     reset_moto(moto_endpoint)
     prepare_bucket(boto, uploads=False)
+    boto("s3").put_object(Bucket=BUCKET, Key="uploads/2026-04-30/IMG_0000.jpg", Body=b"jpeg bytes")
+    ops = OpsTopic(boto)
     with EmrEmulator():
-        result = dags_test(DATE, pipeline_env(moto_endpoint, weights, sensor_timeout=3))
+        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights, sensor_timeout=3), **ops.variables()})
     assert result.returncode == 0, result.explain()
     assert result.states["stage_code"] == "success"
     assert result.states["wait_for_uploads"] == "skipped"
-    assert {result.states[t] for t in ("create_cluster", "add_steps", "clean_step", "terminate_cluster")} == {"skipped"}
+    skipped = ("take_lease", "create_cluster", "add_steps", "clean_step", "terminate_cluster", "give_back_lease")
+    assert {result.states[t] for t in skipped} == {"skipped"}
     assert boto("emr").list_clusters()["Clusters"] == []
+    assert ops.messages() == []  # the night before had uploads: a quiet night, not an alarm
+
+
+def test_the_third_night_in_a_row_without_uploads_fails_and_alerts(moto_endpoint, weights, boto):
+    reset_moto(moto_endpoint)
+    prepare_bucket(boto, uploads=False)
+    boto("s3").put_object(Bucket=BUCKET, Key="uploads/2026-04-28/IMG_0000.jpg", Body=b"jpeg bytes")  # 4 days ago
+    ops = OpsTopic(boto)
+    with EmrEmulator():
+        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights, sensor_timeout=3), **ops.variables()})
+    assert result.returncode != 0
+    assert result.states["wait_for_uploads"] == "failed"
+    assert result.states["create_cluster"] == "upstream_failed"
+    assert boto("emr").list_clusters()["Clusters"] == []
+    (alert,) = ops.messages()
+    assert alert["Subject"].startswith("[fruits-pipeline] wait_for_uploads failed")
+    assert "No uploads for 3 nights in a row" in alert["Message"]
+    assert f"s3://{BUCKET}/uploads/2026-04-30/, s3://{BUCKET}/uploads/2026-04-29/" in alert["Message"]
 
 
 def test_a_stale_success_marker_is_not_taken_for_the_steps_output(moto_endpoint, weights, boto):

@@ -255,15 +255,25 @@ def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):
         LocalSparkJobOperator(task_id="clean_step", job=asdict(job)).execute({})
 
 
-def test_no_uploads_skips_the_local_run(tmp_path):
+def test_no_uploads_skips_the_local_run_and_the_third_such_night_fails(tmp_path):
     env = {
         "AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(tmp_path),
         "AIRFLOW_VAR_FRUITS_WEIGHTS": "imagenet",
         "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
         "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "2",
     }
+    yesterday = tmp_path / "uploads" / "2026-05-02"
+    yesterday.mkdir(parents=True)
+    (yesterday / "IMG_0001.jpg").write_bytes(b"jpeg bytes")
     result = dags_test("2026-05-03", env)
     assert result.returncode == 0, result.explain()
     assert result.states["wait_for_uploads"] == "skipped"
     assert {s for t, s in result.states.items() if t not in ("stage_code", "wait_for_uploads")} == {"skipped"}
-    assert not (tmp_path / "stages").exists()
+    assert not (tmp_path / "stages").exists() and not (tmp_path / "locks").exists()
+
+    # Two days later, the night before and the one before it had nothing either: an alarm, not a skip.
+    result = dags_test("2026-05-05", env)
+    assert result.returncode != 0
+    assert result.states["wait_for_uploads"] == "failed"
+    assert "No uploads for 3 nights in a row" in result.log("wait_for_uploads")
+    assert f"{tmp_path}/uploads/2026-05-04/, {tmp_path}/uploads/2026-05-03/" in result.log("wait_for_uploads")

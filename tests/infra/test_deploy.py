@@ -45,15 +45,24 @@ def test_every_resource_of_the_template_is_deployed(moto: Any, stack: dict[str, 
     assert description["StackStatus"] == "CREATE_COMPLETE"
     summaries = cfn.list_stack_resources(StackName=stack["stack"])["StackResourceSummaries"]
     deployed = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in summaries if r["LogicalResourceId"]}
-    expected = _template_resources(template, {"WithBudget": False, "CreateNetwork": True})
+    expected = _template_resources(template, {"WithBudget": False, "CreateNetwork": True, "WithAlertEmail": False})
     assert set(deployed) == expected
     assert all(deployed.values())
-    # moto lists each resource a false condition left out as a blank entry: the budget alarm's four, no more.
-    assert len(summaries) - len(deployed) == len(template["Resources"]) - len(expected) == 4
+    # moto lists each resource a false condition left out as a blank entry: the budget alarm's four and the ops
+    # topic's e-mail subscription (no AlertEmail given), no more.
+    assert len(summaries) - len(deployed) == len(template["Resources"]) - len(expected) == 5
     assert {"Key": "project", "Value": "fruits"} in description["Tags"]
     # Outside the stack: EMR's service-linked role, which Airflow would otherwise need the right to create.
     linked = moto.client("iam").list_roles(PathPrefix="/aws-service-role/elasticmapreduce.amazonaws.com/")["Roles"]
     assert len(linked) == 1
+
+
+def test_the_ops_topic_is_deployed_and_named_for_the_dag(moto: Any, stack: dict[str, Any]) -> None:
+    arn = stack["outputs"]["OpsTopicArn"]
+    assert arn.endswith(":fruits-module-ops-alerts")
+    attributes = moto.client("sns").get_topic_attributes(TopicArn=arn)["Attributes"]
+    assert attributes["TopicArn"] == arn
+    assert deploy.airflow_variables(stack["outputs"])["fruits_alert_topic_arn"] == arn
 
 
 def test_bucket_is_encrypted_private_and_tls_only(moto: Any, stack: dict[str, Any]) -> None:

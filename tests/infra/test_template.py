@@ -160,8 +160,27 @@ def test_airflow_policy_is_what_the_dag_calls(template: dict[str, Any]) -> None:
     }
     assert passes == {"EmrServiceRole": "elasticmapreduce.amazonaws.com", "EmrNodesRole": "ec2.amazonaws.com"}
     assert _bucket_paths(statements["StageCode"]["Resource"]) == {"code/*"}  # the only prefix it writes
+    # ... besides its writer lease, one object.
+    assert _bucket_paths(statements["WriterLease"]["Resource"]) == {"locks/writer.json"}
+    writes = {
+        p
+        for s in statements.values()
+        if {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(s["Action"]))
+        for p in _bucket_paths(s["Resource"])
+    }
+    assert writes == {"code/*", "locks/writer.json"}
     s3_actions = {a for s in statements.values() for a in _as_list(s["Action"]) if a.startswith("s3:")}
-    assert s3_actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
+    assert s3_actions == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }
+    # Alerts: publish to the stack's ops topic, and nowhere else.
+    publish = statements["PublishAlerts"]
+    assert (publish["Action"], publish["Resource"]) == ("sns:Publish", {"Ref": "OpsTopic"})
+    assert {a for s in statements.values() for a in _as_list(s["Action"]) if a.startswith("sns:")} == {"sns:Publish"}
 
 
 def test_service_role_is_the_scoped_managed_policy(template: dict[str, Any]) -> None:

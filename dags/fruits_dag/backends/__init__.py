@@ -5,7 +5,9 @@ The DAG asks the configured backend for its tasks and never branches on which on
 * :meth:`Backend.code_store`, :meth:`Backend.bundle`: where ``stage_code`` puts the code bundle, and what it is;
 * :meth:`Backend.prepare`: what else the run needs staged (the EMR nodes' ONNX model and wheelhouses);
 * :meth:`Backend.plan_extras`: what the backend adds to the run's plan (XCom), e.g. the EMR cluster request;
-* :meth:`Backend.key_sensor`: a sensor on files of the storage layout (uploads, ``_SUCCESS`` markers);
+* :meth:`Backend.key_sensor`, :meth:`Backend.uploads_sensor`: sensors on files of the storage layout (the
+  ``_SUCCESS`` markers; the night's uploads, which alert after too many nights without any);
+* :meth:`Backend.lease_store`: where the run's writer lease lives (:mod:`fruits_dag.lease`);
 * :meth:`Backend.setup`, :meth:`Backend.job_task`, :meth:`Backend.teardown`: the tasks before the first job (a
   cluster), the task that runs one job, and what must run whatever happens (ending the cluster).
 
@@ -27,6 +29,7 @@ from airflow.sdk import Asset, BaseOperator
 
 from fruits_dag import assets
 from fruits_dag.bundle import Bundle, CodeStore, build_bundle
+from fruits_dag.lease import LeaseStore
 from fruits_dag.params import RunParams
 from fruits_dag.plan import RunPlan
 from fruits_dag.settings import Settings
@@ -124,6 +127,16 @@ class Backend(ABC):
     def key_sensor(self, task_id: str, keys: str, **kwargs: Any) -> BaseOperator:
         """A sensor that waits for ``keys`` (a plan template: one key, a list, or a wildcard pattern)."""
 
+    @abstractmethod
+    def uploads_sensor(self, task_id: str, pattern: str, earlier: str) -> BaseOperator:
+        """The wait for a night's uploads (``pattern``, a wildcard): skip the run when none come, fail when the
+        nights before (``earlier``, a plan template of their folders) had none either
+        (:class:`fruits_dag.alerts.UploadsWait`)."""
+
+    @abstractmethod
+    def lease_store(self, uri: str) -> LeaseStore:
+        """The object or file ``uri`` that holds the storage root's writer lease."""
+
     def setup(self) -> Sequence[BaseOperator]:
         """Tasks between the uploads sensor and the first job (none by default)."""
         return ()
@@ -132,8 +145,10 @@ class Backend(ABC):
     def job_task(self, name: str, index: int) -> BaseOperator:
         """The task that runs job ``name`` (the ``index``-th of the plan) and returns ``{"started": ISO time}``."""
 
-    def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:  # noqa: B027 (optional hook)
-        """Tasks that must run after ``last`` whatever happened (nothing by default)."""
+    def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> BaseOperator:
+        """Tasks that must run after ``last`` whatever happened (nothing by default); returns the task after
+        which the run writes nothing more (its lease may be given back then)."""
+        return last
 
 
 def get_backend(settings: Settings) -> Backend:

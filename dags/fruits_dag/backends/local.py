@@ -24,8 +24,9 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from fruits_dag import backends
+from fruits_dag import alerts, backends
 from fruits_dag.bundle import BundleFile
+from fruits_dag.lease import LocalLeaseStore
 from fruits_dag.plan import JobRun
 
 CheckFn = Callable[..., bool]
@@ -40,13 +41,27 @@ class LocalBackend(backends.Backend):
     def key_sensor(self, task_id: str, keys: str, **kwargs: Any) -> BaseOperator:
         return LocalKeySensor(task_id=task_id, path=keys, **self.sensor_args, **kwargs)
 
+    def uploads_sensor(self, task_id: str, pattern: str, earlier: str) -> BaseOperator:
+        return LocalUploadsSensor(
+            task_id=task_id,
+            path=pattern,
+            wildcard_match=True,
+            earlier=earlier,
+            quiet_nights=self.settings.alert_after_empty_nights,
+            **self.sensor_args,
+        )
+
+    def lease_store(self, uri: str) -> LocalLeaseStore:
+        return LocalLeaseStore(uri)
+
     def job_task(self, name: str, index: int) -> BaseOperator:
-        # A failed job fails the same way again: no retries.
+        # A failed job fails the same way again: no retries. It may run as long as an EMR step may.
         return LocalSparkJobOperator(
             task_id=f"{name}_step",
             job=backends.from_plan(f"{name}_job"),
             driver_memory=self.settings.local_driver_memory,
             retries=0,
+            execution_timeout=dt.timedelta(seconds=self.settings.sensor_timeout),
         )
 
 
@@ -194,6 +209,20 @@ class LocalKeySensor(BaseSensorOperator):
             return next(matches, None) is not None
         files = [_metadata(p) for p in matches]
         return bool(files) and self.check_fn(files, **context)
+
+
+class LocalUploadsSensor(alerts.UploadsWait, LocalKeySensor):
+    """``LocalKeySensor`` on the night's uploads, alerting after too many nights without any."""
+
+    template_fields: Sequence[str] = (*LocalKeySensor.template_fields, "earlier")
+
+    def __init__(self, *, earlier: str | list[str], quiet_nights: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.earlier = earlier
+        self.quiet_nights = quiet_nights
+
+    def has_files(self, folder: str) -> bool:
+        return next(_walk(folder), None) is not None
 
 
 def _listing_root(pattern: str) -> str:

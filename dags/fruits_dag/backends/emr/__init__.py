@@ -20,6 +20,7 @@ The package, by what each file holds: ``cluster_request`` (the ``RunJobFlow`` ar
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import BaseOperator
 
-from fruits_dag import artifacts, backends
+from fruits_dag import alerts, artifacts, backends
 from fruits_dag.backends.emr.cluster_request import cluster_config, core_instance_types, emr_steps, instances_config
 from fruits_dag.backends.emr.code_store import REFRESH_AFTER_DAYS, S3CodeStore
 from fruits_dag.backends.emr.operators import (
@@ -40,6 +41,7 @@ from fruits_dag.backends.emr.operators import (
 from fruits_dag.backends.emr.run_clusters import ENVIRONMENT_TAG, find_run_clusters
 from fruits_dag.backends.emr.step_watcher import EmrStepWatcher
 from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle, stage_file
+from fruits_dag.lease import S3LeaseStore
 from fruits_dag.params import RunParams
 from fruits_dag.plan import Layout, PlanError, RunPlan
 from fruits_dag.settings import AWS_CONN_ID
@@ -80,7 +82,8 @@ class EmrBackend(backends.Backend):
             weights = settings.weights
             if weights.startswith("s3://"):
                 weights = store.download(weights, cache / "weights")
-            model = artifacts.ensure_staged(artifacts.onnx_model(weights, settings.jobs_dir), prefix, cache, store)
+            export = artifacts.onnx_model(weights, settings.jobs_dir, timeout=settings.build_timeout)
+            model = artifacts.ensure_staged(export, prefix, cache, store)
         node_types = (settings.emr_primary_instance_type, *core_instance_types(settings, params))
         needed = sorted({artifacts.architecture(t) for t in node_types})
         if settings.wheelhouse:
@@ -88,7 +91,9 @@ class EmrBackend(backends.Backend):
         else:
             requirements = artifacts.node_requirements((settings.jobs_dir / REQUIREMENTS).read_text())
             wheelhouses = {
-                arch: artifacts.ensure_staged(artifacts.wheelhouse(requirements, arch), prefix, cache, store)
+                arch: artifacts.ensure_staged(
+                    artifacts.wheelhouse(requirements, arch, timeout=settings.build_timeout), prefix, cache, store
+                )
                 for arch in needed
             }
         return backends.Prepared(model=model, extras={"wheelhouses": wheelhouses})
@@ -131,6 +136,20 @@ class EmrBackend(backends.Backend):
             task_id=task_id, bucket_key=keys, aws_conn_id=AWS_CONN_ID, **metadata, **self.sensor_args, **kwargs
         )
 
+    def uploads_sensor(self, task_id: str, pattern: str, earlier: str) -> BaseOperator:
+        return S3UploadsSensor(
+            task_id=task_id,
+            bucket_key=pattern,
+            wildcard_match=True,
+            earlier=earlier,
+            quiet_nights=self.settings.alert_after_empty_nights,
+            aws_conn_id=AWS_CONN_ID,
+            **self.sensor_args,
+        )
+
+    def lease_store(self, uri: str) -> S3LeaseStore:
+        return S3LeaseStore(uri, AWS_CONN_ID)
+
     def setup(self) -> Sequence[BaseOperator]:
         create_cluster = EmrCreateRunCluster(
             task_id="create_cluster",
@@ -153,6 +172,8 @@ class EmrBackend(backends.Backend):
             step_id=f"{{{{ ti.xcom_pull(task_ids='add_steps')[{index}] }}}}",
             deferrable=True,
             **self.sensor_args,
+            # Beyond its own timeout (which fails it with a clear message), with a margin for the last look.
+            execution_timeout=dt.timedelta(seconds=self.settings.sensor_timeout + 600),
         )
 
     def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:
@@ -165,6 +186,22 @@ class EmrBackend(backends.Backend):
         # Teardown: runs after success, failure, a cleared task or a run marked failed (Airflow 3 keeps teardowns
         # when it stops a run), and the run still fails when a step failed.
         last >> terminate_cluster.as_teardown(setups=setup[0])
+        return terminate_cluster
 
 
 BACKEND = EmrBackend
+
+
+class S3UploadsSensor(alerts.UploadsWait, S3KeySensor):
+    """``S3KeySensor`` on the night's uploads, alerting after too many nights without any."""
+
+    template_fields: Sequence[str] = (*S3KeySensor.template_fields, "earlier")
+
+    def __init__(self, *, earlier: str | list[str], quiet_nights: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.earlier = earlier
+        self.quiet_nights = quiet_nights
+
+    def has_files(self, folder: str) -> bool:
+        bucket, prefix = self.hook.parse_s3_url(folder)
+        return bool(self.hook.list_keys(bucket_name=bucket, prefix=prefix, max_items=1))
