@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("deploy", parents=[guard, airflow], help="create or update the stack")
     up.add_argument("--bucket", help="bucket name (required to create; fruits_bucket)")
-    up.add_argument("--email", help="e-mail address for the budget alerts (required with the budget alarm)")
+    up.add_argument("--email", help="e-mail address for the ops and budget alerts (required with the budget alarm)")
     up.add_argument("--budget", type=float, help="monthly budget in USD (default 50)")
     up.add_argument(
         "--budget-alarm",

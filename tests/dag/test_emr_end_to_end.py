@@ -11,8 +11,8 @@ import pytest
 
 from dag_harness import (
     REPO_ROOT,
-    OpsTopic,
     STAND_IN_WHEELHOUSE,
+    OpsTopic,
     dags_test,
     emr_variables,
     parse_with_job,
