@@ -75,8 +75,8 @@ bench: venv
 # RUN_DIR; Airflow's full log goes to RUN_DIR/run-DATE.log, the terminal gets a line per task and a summary.
 RUN_ENV = AIRFLOW_HOME=$(RUN_DIR)/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
-	AIRFLOW_VAR_FRUITS_BACKEND=local AIRFLOW_VAR_FRUITS_LOCAL_ROOT=$(RUN_DIR)/data \
-	AIRFLOW_VAR_FRUITS_WEIGHTS="$(WEIGHTS)" AIRFLOW_VAR_FRUITS_POKE_INTERVAL=5 AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT=120
+	AIRFLOW_VAR_FRUITS_SETTINGS='{"fruits_backend": "local", "fruits_local_root": "$(RUN_DIR)/data", \
+	"fruits_weights": "$(WEIGHTS)", "fruits_poke_interval": 5, "fruits_sensor_timeout": 120}'
 run: venv
 	@mkdir -p $(RUN_DIR)
 	@$(RUN_ENV) $(VENV)/bin/airflow db migrate > $(RUN_DIR)/airflow-db-migrate.log 2>&1 \

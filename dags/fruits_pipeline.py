@@ -5,7 +5,7 @@ Every night the photos uploaded the day before are **cleaned** (checked, de-dupl
 kept with a reason), **embedded** (MobileNetV2, 1,280 features), **reduced** (PCA) and **reported** (numbers and
 plots), by the four Spark jobs in `spark_jobs/`.
 
-* **Backends** (Variable `fruits_backend`, one module each in `fruits_dag/backends/`): `emr` runs the jobs as
+* **Backends** (setting `fruits_backend`, one module each in `fruits_dag/backends/`): `emr` runs the jobs as
   steps of a transient EMR cluster that the `terminate_cluster` teardown always removes, storage in
   `s3://<fruits_bucket>/`; `local` runs the same jobs, with the same arguments, through
   `spark-submit --master local[*]` on the worker, storage in `fruits_local_root`. The backend supplies its own
@@ -23,7 +23,7 @@ plots), by the four Spark jobs in `spark_jobs/`.
   on the same bucket, an `airflow dags test`) fails there at once, naming the holder.
 * **Failures**: a failed step cancels the later ones; the error names the step, EMR's reason and the logs.
   To retry, clear the whole run: the old cluster, if still up, is terminated and a new one created.
-* **Alerts** (Variable `fruits_alert_topic_arn`): a task failing for good, a run past `fruits_run_deadline` and
+* **Alerts** (setting `fruits_alert_topic_arn`): a task failing for good, a run past `fruits_run_deadline` and
   `fruits_alert_after_empty_nights` nights without uploads publish to the ops SNS topic. Every task has a
   timeout, and a run is stopped after `fruits_run_timeout`.
 """
@@ -45,7 +45,7 @@ from fruits_dag.params import RunParams, dag_params
 from fruits_dag.plan import STEP_NAMES, PlanError, build_plan, run_date
 
 # Read when the file is parsed; workers parse it again before each task, so tasks see current values.
-SETTINGS = fruits_settings.load()
+SETTINGS = fruits_settings.read()  # one Variable look-up per parse
 BACKEND = get_backend(SETTINGS)
 ASSETS = pipeline_assets(SETTINGS)  # what each job completes, for DAGs scheduled on data
 
@@ -108,7 +108,9 @@ def give_back_lease(lease_uri: str, **context: Any) -> bool:
 with DAG(
     dag_id="fruits_pipeline",
     description=f"Nightly clean, embed (MobileNetV2), PCA and report of the uploaded fruit photos ({SETTINGS.backend})",
-    doc_md=__doc__ + "\n## Settings (Airflow Variables)\n\n" + fruits_settings.variables_markdown(),
+    doc_md=__doc__
+    + "\n## Settings (Variable `fruits_settings`, a JSON object)\n\n"
+    + fruits_settings.variables_markdown(),
     # A data-interval timetable: the run at 02:00 UTC on day D+1 has logical date D 02:00 and reads uploads/D/.
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),

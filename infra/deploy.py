@@ -10,10 +10,10 @@ forgotten profile or an environment left pointing at another account stops here,
 
 ``deploy`` creates the stack or updates it (parameters not given keep their current values), waits, makes sure
 EMR's service-linked role exists, tries to activate the ``project`` cost allocation tag the budget filters on, and
-prints the ``airflow variables set`` and
-``airflow connections add`` lines the DAG needs; ``--apply`` runs them. ``destroy`` refuses while a pipeline cluster
-is still up, removes the security groups EMR created in the stack's VPC, deletes the stack and waits; the bucket is
-kept (``DeletionPolicy: Retain``) unless ``--delete-bucket`` empties and removes it.
+prints the ``airflow variables set fruits_settings`` and ``airflow connections add`` lines the DAG needs;
+``--apply`` runs them, merging the stack's settings into the Variable's current ones. ``destroy`` refuses while
+a pipeline cluster is still up, removes the security groups EMR created in the stack's VPC, deletes the stack and
+waits; the bucket is kept (``DeletionPolicy: Retain``) unless ``--delete-bucket`` empties and removes it.
 
 The functions are importable (tests run them against a moto server through ``endpoint_url``).
 """
@@ -41,7 +41,8 @@ AWS_CONN_ID = "aws_default"
 COST_TAG_KEY = "project"
 COST_TAG_VALUE = "fruits"
 
-# Stack output -> Airflow Variable. The Variable names are the DAG's contract (dags/fruits_dag/settings.py).
+# Stack output -> DAG setting (a key of the Airflow Variable fruits_settings: dags/fruits_dag/settings.py).
+SETTINGS_VARIABLE = "fruits_settings"
 OUTPUT_VARIABLES: dict[str, str] = {
     "BucketName": "fruits_bucket",
     "EmrServiceRoleName": "fruits_emr_service_role",
@@ -262,13 +263,26 @@ def activate_cost_tag(aws: Aws) -> str:
 
 
 def airflow_variables(outputs: dict[str, str]) -> dict[str, str]:
-    """The DAG's Airflow Variables from the stack's outputs (an empty value leaves the DAG's default)."""
-    return {variable: outputs[key] for key, variable in OUTPUT_VARIABLES.items() if outputs.get(key)}
+    """The DAG's settings from the stack's outputs (an empty value leaves the DAG's default)."""
+    return {setting: outputs[key] for key, setting in OUTPUT_VARIABLES.items() if outputs.get(key)}
 
 
-def airflow_commands(outputs: dict[str, str], region: str) -> list[list[str]]:
-    """``airflow`` command lines that set the Variables and add the AWS connection in ``region``."""
-    commands = [["airflow", "variables", "set", name, value] for name, value in airflow_variables(outputs).items()]
+def merged_settings(current: str | None, outputs: dict[str, str]) -> str:
+    """The Variable ``fruits_settings``: its ``current`` text (JSON, or none) with the stack's settings set; the
+    operator's other settings (weights, timeouts...) are kept."""
+    try:
+        values = json.loads(current) if current and current.strip() else {}
+    except ValueError as error:
+        raise DeployError(f"Variable {SETTINGS_VARIABLE} is not JSON ({error}): fix it, then run again") from None
+    if not isinstance(values, dict):
+        raise DeployError(f"Variable {SETTINGS_VARIABLE} is not a JSON object: fix it, then run again")
+    return json.dumps({**values, **airflow_variables(outputs)}, indent=2, sort_keys=True)
+
+
+def airflow_commands(outputs: dict[str, str], region: str, current: str | None = None) -> list[list[str]]:
+    """``airflow`` command lines that set the Variable (``current`` merged with the stack's settings) and add the
+    AWS connection in ``region``."""
+    commands = [["airflow", "variables", "set", SETTINGS_VARIABLE, merged_settings(current, outputs)]]
     extra = json.dumps({"region_name": region})
     commands.append(["airflow", "connections", "add", AWS_CONN_ID, "--conn-type", "aws", "--conn-extra", extra])
     return commands
@@ -277,7 +291,9 @@ def airflow_commands(outputs: dict[str, str], region: str) -> list[list[str]]:
 def print_settings(outputs: dict[str, str], region: str, commands: bool = True) -> None:
     """Print the lines to paste on the Airflow host (unless ``commands`` is false), and where Airflow's policy goes."""
     if commands:
-        print("\n# On the Airflow host (or rerun with --apply):")
+        print(
+            f"\n# On the Airflow host (or rerun with --apply, which keeps the other settings of {SETTINGS_VARIABLE}):"
+        )
         for command in airflow_commands(outputs, region):
             print(shlex.join(command))
     policy = outputs.get(AIRFLOW_POLICY_OUTPUT)
@@ -294,8 +310,11 @@ def apply_settings(
     airflow: str = "airflow",
     run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
 ) -> None:
-    """Set the Variables with the ``airflow`` CLI, and add the connection unless one exists (it keeps its keys)."""
-    for command in airflow_commands(outputs, region):
+    """Merge the stack's settings into the Variable with the ``airflow`` CLI, and add the connection unless one
+    exists (it keeps its keys)."""
+    existing = run([airflow, "variables", "get", SETTINGS_VARIABLE], capture_output=True, text=True)
+    current = existing.stdout if existing.returncode == 0 else None
+    for command in airflow_commands(outputs, region, current):
         command = [airflow, *command[1:]]
         if command[1] == "connections":
             existing = run([airflow, "connections", "get", AWS_CONN_ID], capture_output=True, text=True)

@@ -5,9 +5,11 @@ The one place the tests' paths and Airflow settings are defined; the DAG and UI 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FRUITS_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -21,6 +23,14 @@ WEIGHTS_FILE = Path(
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
 DAG_ID = "fruits_pipeline"
+# The pipeline's one Variable (dags/fruits_dag/settings.py), as an environment variable.
+SETTINGS_ENV = "AIRFLOW_VAR_FRUITS_SETTINGS"
+
+
+def with_settings(env: dict[str, str], **settings: Any) -> dict[str, str]:
+    """``env`` with ``settings`` (``fruits_bucket="b"``...) merged into its ``fruits_settings`` JSON."""
+    merged = {**json.loads(env.get(SETTINGS_ENV) or "{}"), **settings}
+    return {**env, SETTINGS_ENV: json.dumps(merged)}
 
 
 def airflow_env(home: Path, **overrides: str) -> dict[str, str]:

@@ -111,6 +111,6 @@ class UploadsWait:
             if len(earlier) + 1 >= self.quiet_nights and not any(self.has_files(f) for f in earlier):
                 raise AirflowFailException(
                     f"No uploads for {self.quiet_nights} nights in a row ({', '.join(earlier)} and this night's "
-                    "folder are empty): is the upload path broken? (Variable fruits_alert_after_empty_nights)"
+                    "folder are empty): is the upload path broken? (setting fruits_alert_after_empty_nights)"
                 ) from None
             raise AirflowSkipException("No uploads this night: nothing to do, the run is skipped") from None

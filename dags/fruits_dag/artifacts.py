@@ -125,7 +125,7 @@ def onnx_model(weights: str, jobs_dir: Path, timeout: float | None = None) -> Ar
     export come from the same code the jobs use (``fruits_common.embedding``).
     """
     if weights != "imagenet" and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file not found: {weights} (Variable fruits_weights)")
+        raise FileNotFoundError(f"weights file not found: {weights} (setting fruits_weights)")
     name = _embedding(jobs_dir, timeout, "name", weights).strip()
     return Artifact(name, lambda target: _write_atomically(target, lambda p: _export(jobs_dir, weights, p, timeout)))
 
@@ -143,7 +143,7 @@ def _run(command: list[str], what: str, timeout: float | None, **kwargs: object)
         output = expired.stderr or expired.stdout or b""
         tail = (output.decode(errors="replace") if isinstance(output, bytes) else output)[-2000:]
         raise ArtifactError(
-            f"{what} did not finish in {timeout:.0f} s and was killed (Variable fruits_build_timeout); "
+            f"{what} did not finish in {timeout:.0f} s and was killed (setting fruits_build_timeout); "
             f"its last output:\n{tail}"
         ) from None
 

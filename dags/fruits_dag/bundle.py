@@ -91,7 +91,7 @@ def build_bundle(jobs_dir: Path, weights: str, stage_weights: bool = True) -> Bu
     ]
     if missing:
         raise FileNotFoundError(
-            f"the Spark jobs folder {jobs_dir} lacks {', '.join(missing)} (Variable fruits_jobs_dir names it)"
+            f"the Spark jobs folder {jobs_dir} lacks {', '.join(missing)} (setting fruits_jobs_dir names it)"
         )
     files = [BundleFile(name, data=(jobs_dir / name).read_bytes()) for name in (*JOB_SCRIPTS, REQUIREMENTS, BOOTSTRAP)]
     files.append(BundleFile(SHARED_ZIP, data=zip_package(jobs_dir / SHARED_PACKAGE)))
@@ -100,7 +100,7 @@ def build_bundle(jobs_dir: Path, weights: str, stage_weights: bool = True) -> Bu
     if stage_weights and weights != "imagenet" and "://" not in weights:
         weights_path = Path(weights).expanduser()
         if not weights_path.is_file():
-            raise FileNotFoundError(f"weights file not found: {weights_path} (Variable fruits_weights)")
+            raise FileNotFoundError(f"weights file not found: {weights_path} (setting fruits_weights)")
         weights_name = weights_path.name
         files.append(BundleFile(weights_name, path=weights_path))
 

@@ -81,7 +81,7 @@ def dag_params() -> dict[str, Param]:
             enum=list(get_args(Refit)),
             title="PCA refit",
             description_md="`auto`: fit a new PCA basis only when there is none or the current one has drifted "
-            "(Variable `fruits_pca_drift_threshold`); `always`: fit a new version now; `never`: project onto the "
+            "(setting `fruits_pca_drift_threshold`); `always`: fit a new version now; `never`: project onto the "
             "current version whatever the drift. Every other run projects only its new images onto the current "
             "version.",
         ),
@@ -106,7 +106,7 @@ def dag_params() -> dict[str, Param]:
             enum=list(get_args(Market)),
             title="EMR core capacity",
             description_md="`on_demand`: an instance group of `core_instance_type`; `spot`: an instance fleet of "
-            "Spot capacity (`core_instance_type` and the Variable `fruits_emr_spot_instance_types`, "
+            "Spot capacity (`core_instance_type` and the setting `fruits_emr_spot_instance_types`, "
             "price-capacity-optimized), switching to on-demand when no Spot capacity comes within 10 minutes.",
         ),
         "core_max_instances": Param(

@@ -1,17 +1,22 @@
-"""Every deployment setting of the fruits pipeline, read in this one place from Airflow Variables.
+"""Every deployment setting of the fruits pipeline, read in this one place from one Airflow Variable.
 
-Operators set them as Variables (UI, CLI) or as ``AIRFLOW_VAR_<NAME>`` environment variables; AWS credentials,
-region and endpoint come from the connection ``aws_default``. The DAG file calls :func:`load` when it is parsed:
-the backend and the sensors' timing shape the DAG, and since a worker parses the file again before it runs a task,
-each task sees the values current at its start. A bad value is an import error of the DAG that names the Variable.
-No secret or account id lives in the code.
+The settings live in the Variable ``fruits_settings`` (:data:`SETTINGS_VARIABLE`), a JSON object such as
+``{"fruits_bucket": "my-fruits", "fruits_sensor_timeout": 7200}``; operators set it in the UI, with
+``airflow variables set`` (``infra/deploy.py --apply`` merges the stack's outputs into it) or as the environment
+variable ``AIRFLOW_VAR_FRUITS_SETTINGS``. AWS credentials, region and endpoint come from the connection
+``aws_default``. The DAG file calls :func:`read` when it is parsed: **one** Variable look-up per parse (a secrets
+backend is asked once, not once per setting), and since a worker parses the file again before it runs a task, each
+task sees the values current at its start. A bad value, an unknown name or text that is not a JSON object is an
+import error of the DAG that names the setting. No secret or account id lives in the code.
 
-Each setting is one :class:`Setting`: its Variable, its default, its parser and its meaning, written once. The
-docs' table (:func:`variables_markdown`) and :func:`load` both come from :data:`SETTINGS`.
+Each setting is one :class:`Setting`: its name, its default, its parser and its meaning, written once. The docs'
+table (:func:`variables_markdown`) and :func:`load` both come from :data:`SETTINGS`.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import pkgutil
 import re
@@ -21,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 AWS_CONN_ID = "aws_default"
+SETTINGS_VARIABLE = "fruits_settings"  # the one Airflow Variable: a JSON object of the settings below
 DEFAULT_EMR_RELEASE = "emr-7.13.0"  # Spark 3.5.6 and Python 3.11: what requirements.txt pins and CI tests
 # spark_jobs/ at the repository root (or /opt/airflow/spark_jobs in the Docker image): dags/fruits_dag/ -> ../../
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
-INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+")  # an EC2 instance type (Variables and params)
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[0-9]*[a-z0-9]+")  # an EC2 instance type (settings and params)
 
 
 def backends() -> tuple[str, ...]:
@@ -34,7 +40,7 @@ def backends() -> tuple[str, ...]:
 
 
 class SettingsError(ValueError):
-    """A Variable has a value the pipeline cannot use; the message names the Variable."""
+    """A setting has a value the pipeline cannot use; the message names the setting."""
 
 
 # -- parsers: text -> value, ValueError with the reason -----------------------------------------------------------
@@ -132,7 +138,7 @@ def _count(value: str) -> int:
 
 @dataclass(frozen=True)
 class Setting:
-    """One Airflow Variable the pipeline reads.
+    """One setting of the pipeline (a key of the Variable ``fruits_settings``).
 
     ``default`` is the value when the Variable is unset: a constant, or a function of the settings read before
     it (``None``: no value). ``shown`` is how the docs show a computed default.
@@ -377,50 +383,81 @@ class Settings:
         return f"s3://{self.bucket}" if self.backend == "emr" else str(self.local_root)
 
 
-def _airflow_variable(name: str) -> str | None:
+def read() -> Settings:
+    """The settings from the Variable ``fruits_settings``: one look-up (unset: every default)."""
     from airflow.sdk import Variable  # lazy: keeps this module importable without Airflow
 
-    return Variable.get(name, default=None)
+    return parse_variable(Variable.get(SETTINGS_VARIABLE, default=None))
 
 
-def load(get: Callable[[str], str | None] = _airflow_variable) -> Settings:
-    """Read and validate every Variable; ``get(name)`` returns a Variable's value or ``None`` when unset."""
-    values: dict[str, Any] = {}
+def parse_variable(text: str | None) -> Settings:
+    """The settings from the Variable's text, a JSON object of settings (``None`` or empty: every default)."""
+    if text is None or not text.strip():
+        return load({})
+    try:
+        values = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"Variable {SETTINGS_VARIABLE} must be a JSON object of settings: {exc}") from None
+    if not isinstance(values, dict):
+        raise SettingsError(
+            f"Variable {SETTINGS_VARIABLE} must be a JSON object of settings, got {type(values).__name__}"
+        )
+    return load(values)
+
+
+def _as_text(value: Any) -> str:
+    """A JSON value as the text the parsers read: numbers as written, lists joined by commas."""
+    if isinstance(value, bool) or isinstance(value, dict):
+        raise ValueError(f"must be text, a number or a list, got {json.dumps(value)}")
+    if isinstance(value, list):
+        return ",".join(_as_text(v) for v in value)
+    return str(value).strip()
+
+
+def load(values: Mapping[str, Any]) -> Settings:
+    """Validate the settings ``values`` (names to values; a missing name, ``null`` or ``""``: its default)."""
+    names = [s.name for s in SETTINGS]
+    for name in values:
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else "; the settings are listed in docs/dag.md"
+            raise SettingsError(f"Variable {SETTINGS_VARIABLE} has no setting {name!r}{hint}")
+    parsed: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw = get(setting.name)
-        raw = raw.strip() if isinstance(raw, str) else raw
-        if raw in (None, ""):
-            default = setting.default
-            values[setting.field] = default(values) if callable(default) else default
-            continue
+        raw = values.get(setting.name)
         try:
-            values[setting.field] = setting.parse(raw)
+            text = None if raw is None else _as_text(raw)
+            if not text:
+                default = setting.default
+                parsed[setting.field] = default(parsed) if callable(default) else default
+                continue
+            parsed[setting.field] = setting.parse(text)
         except ValueError as exc:
-            raise SettingsError(f"Variable {setting.name} {exc}") from None
-    _check_together(values)
-    return Settings(**values)
+            raise SettingsError(f"Setting {setting.name} {exc}") from None
+    _check_together(parsed)
+    return Settings(**parsed)
 
 
 def _check_together(values: Mapping[str, Any]) -> None:
     """Rules that involve more than one setting."""
     backend = values["backend"]
     if backend == "emr" and values["bucket"] is None:
-        raise SettingsError("Variable fruits_bucket is required when fruits_backend is emr")
+        raise SettingsError("Setting fruits_bucket is required when fruits_backend is emr")
     if backend == "local" and not values["local_root"].is_absolute():
-        raise SettingsError(f"Variable fruits_local_root must be an absolute path, got {str(values['local_root'])!r}")
+        raise SettingsError(f"Setting fruits_local_root must be an absolute path, got {str(values['local_root'])!r}")
     if values["run_deadline"] >= values["run_timeout"]:
         raise SettingsError(
-            f"Variable fruits_run_deadline ({values['run_deadline']} s) must be less than fruits_run_timeout "
+            f"Setting fruits_run_deadline ({values['run_deadline']} s) must be less than fruits_run_timeout "
             f"({values['run_timeout']} s): a run stopped by its timeout never reaches its deadline"
         )
     if values["weights"].startswith("s3://") and backend == "local":
         raise SettingsError(
-            "Variable fruits_weights is an s3:// URI, which the local backend cannot read "
+            "Setting fruits_weights is an s3:// URI, which the local backend cannot read "
             "(it makes no AWS call): give a local .h5 path or 'imagenet'"
         )
 
 
 def variables_markdown() -> str:
-    """The Variables as a Markdown table (for the DAG's doc_md and docs/dag.md)."""
+    """The settings as a Markdown table (for the DAG's doc_md and docs/dag.md)."""
     rows = [f"| `{s.name}` | {s.shown_default} | {s.description} |" for s in SETTINGS]
-    return "\n".join(["| Variable | Default | Meaning |", "|---|---|---|", *rows])
+    return "\n".join(["| Setting | Default | Meaning |", "|---|---|---|", *rows])

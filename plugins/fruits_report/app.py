@@ -118,7 +118,7 @@ TEMPLATES.filters.update(count=_count, pct=_pct, num=_num)
 
 
 def store_for_settings() -> ReportStore:
-    """The report store of the configured backend (FastAPI dependency, read on each request: Variables change)."""
+    """The report store of the configured backend (FastAPI dependency, read on each request: settings change)."""
     try:
         settings = load_settings()
     except BadSettings as exc:

@@ -1,4 +1,4 @@
-"""The pipeline's own settings code (``dags/fruits_dag``), shared with the DAG so that both read the same Variables.
+"""The pipeline's own settings code (``dags/fruits_dag``), shared with the DAG so that both read the same settings.
 
 The DAG processor and the workers import ``fruits_dag`` from the DAGs folder; the API server, where this plugin
 runs, puts only the plugins and config folders on ``sys.path``, so the DAGs folder is added here when missing.
@@ -26,16 +26,16 @@ def _dags_folder_on_path() -> None:
 
 
 class BadSettings(ValueError):
-    """A Variable has a value the pipeline cannot use; the message names it (and is safe to show)."""
+    """A setting has a value the pipeline cannot use; the message names it (and is safe to show)."""
 
 
 def load_settings() -> Settings:
-    """The deployment's settings (backend, bucket, local root), read from the Variables as the DAG reads them."""
+    """The deployment's settings (backend, bucket, local root), read as the DAG reads them."""
     _dags_folder_on_path()
     from fruits_dag import settings
 
     try:
-        return settings.load()
+        return settings.read()
     except settings.SettingsError as exc:
         raise BadSettings(str(exc)) from exc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import os
 import re
 import shlex
@@ -32,9 +33,10 @@ ENV_TOOL = REPO_ROOT / "tools" / "compose_env.py"
 
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 REQUIRED_SERVICES = ["postgres", "airflow-init", *AIRFLOW_SERVICES]
-# The DAG's Variables that the local mode needs (fruits_jobs_dir: where its tasks find the Spark jobs).
-REQUIRED_VARIABLES = ["fruits_backend", "fruits_local_root", "fruits_weights", "fruits_jobs_dir"]
-SPARK_JOBS_ENV = "AIRFLOW_VAR_FRUITS_JOBS_DIR"
+# The DAG's one Variable (a JSON object of settings), and the settings local mode needs in it
+# (fruits_jobs_dir: where its tasks find the Spark jobs).
+SETTINGS_ENV = "AIRFLOW_VAR_FRUITS_SETTINGS"
+REQUIRED_SETTINGS = ["fruits_backend", "fruits_local_root", "fruits_weights", "fruits_jobs_dir"]
 # Interpolated variables that may have no default (upstream: the init service tests AIRFLOW_UID for emptiness).
 NO_DEFAULT_OK = {"AIRFLOW_UID"}
 # The secrets `make compose-env` (tools/compose_env.py) writes into .env: the compose file requires them
@@ -194,10 +196,22 @@ def pinned(requirements: Path, name: str) -> str | None:
 
 
 def dag_variables() -> set[str]:
-    """Names of the Airflow Variables the DAG reads: its settings spec, the one place they are read."""
+    """Names of the settings the DAG reads (keys of its Variable): its settings spec, the one place they are read."""
     from fruits_dag.settings import SETTINGS
 
     return {setting.name for setting in SETTINGS}
+
+
+def compose_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The pipeline's settings a service's environment gives (its ``AIRFLOW_VAR_FRUITS_SETTINGS``, interpolated
+    with the defaults as compose would, parsed as JSON); ``{}`` when unset; ``ValueError`` when it is not JSON."""
+    text = interpolate(env.get(SETTINGS_ENV, "")).strip()
+    if not text:
+        return {}
+    values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{SETTINGS_ENV} is not a JSON object")
+    return values
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -253,14 +267,20 @@ def check_environment(compose: dict) -> list[str]:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "false",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW_VAR_FRUITS_BACKEND": "local",
         }
         for key, value in want.items():
             if env.get(key, "").lower() != value.lower():
                 problems.append(f"{name}: {key} should be {value!r}, is {env.get(key)!r}")
-        for var in REQUIRED_VARIABLES:
-            if f"AIRFLOW_VAR_{var.upper()}" not in env:
-                problems.append(f"{name}: AIRFLOW_VAR_{var.upper()} is not set")
+        try:
+            settings = compose_settings(env)
+        except ValueError as error:
+            problems.append(f"{name}: {SETTINGS_ENV} is not a JSON object of settings once interpolated: {error}")
+            settings = {}
+        if settings.get("fruits_backend") != "local":
+            problems.append(f"{name}: setting fruits_backend should be 'local', is {settings.get('fruits_backend')!r}")
+        for setting in REQUIRED_SETTINGS:
+            if setting not in settings:
+                problems.append(f"{name}: setting {setting} is not in {SETTINGS_ENV}")
         if not env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "").endswith(":admin"):
             problems.append(f"{name}: no admin user for the simple auth manager")
         if not env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"):
@@ -268,16 +288,16 @@ def check_environment(compose: dict) -> list[str]:
         if "airflow-apiserver" not in env.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", ""):
             problems.append(f"{name}: the execution API URL must point at airflow-apiserver")
         mounts = {target: src for src, target in bind_mounts(services.get(name) or {})}
-        root = interpolate(env.get("AIRFLOW_VAR_FRUITS_LOCAL_ROOT", ""))
+        root = str(settings.get("fruits_local_root", ""))
         if root not in mounts:
             problems.append(f"{name}: the storage root {root!r} is not a mounted folder")
-        jobs = interpolate(env.get(SPARK_JOBS_ENV, ""))
+        jobs = str(settings.get("fruits_jobs_dir", ""))
         if not jobs or jobs not in mounts or Path(mounts[jobs]).name != "spark_jobs":
-            problems.append(f"{name}: {SPARK_JOBS_ENV}={jobs!r} is not the mount of ./spark_jobs")
+            problems.append(f"{name}: setting fruits_jobs_dir={jobs!r} is not the mount of ./spark_jobs")
         for folder in ("/opt/airflow/dags", "/opt/airflow/plugins"):
             if folder not in mounts:
                 problems.append(f"{name}: {folder} is not mounted")
-        weights = interpolate(env.get("AIRFLOW_VAR_FRUITS_WEIGHTS", ""))
+        weights = str(settings.get("fruits_weights", ""))
         if weights != "imagenet":
             if not weights.endswith(WEIGHTS_NAME):
                 problems.append(f"{name}: the default weights {weights!r} are not {WEIGHTS_NAME}")
@@ -527,11 +547,17 @@ def run_schema_check(path: Path) -> subprocess.CompletedProcess:
 
 
 def check_variables(env: dict[str, str], names: set[str]) -> list[str]:
-    """compose's AIRFLOW_VAR_* are Variables the DAG reads, and the DAG reads the ones local mode needs."""
-    problems = [f"the DAG does not read the Variable {v}" for v in REQUIRED_VARIABLES if v not in names]
+    """compose sets only the DAG's one Variable, its settings are settings the DAG reads, and the DAG reads the
+    ones local mode needs."""
+    problems = [f"the DAG does not read the setting {v}" for v in REQUIRED_SETTINGS if v not in names]
     problems += [
         f"compose sets {k}, a Variable the DAG does not read"
         for k in env
-        if k.startswith("AIRFLOW_VAR_") and k[len("AIRFLOW_VAR_") :].lower() not in names
+        if k.startswith("AIRFLOW_VAR_") and k != SETTINGS_ENV
     ]
+    try:
+        settings = compose_settings(env)
+    except ValueError as error:
+        return [*problems, f"{SETTINGS_ENV} is not a JSON object of settings: {error}"]
+    problems += [f"compose sets the setting {k}, which the DAG does not read" for k in settings if k not in names]
     return problems

@@ -5,6 +5,7 @@ catch broken copies of them (no Docker engine on the build machines).
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from compose_checks import (
     COMPOSE_FILE,
     DOCKERFILE,
     REQUIREMENTS,
-    SPARK_JOBS_ENV,
+    SETTINGS_ENV,
     check_dockerfile,
     check_dockerignore,
     check_environment,
@@ -26,6 +27,7 @@ from compose_checks import (
     check_secrets,
     check_services,
     check_variables,
+    compose_settings,
     dag_variables,
     dockerignore_patterns,
     env_of,
@@ -145,12 +147,15 @@ def test_checks_catch_broken_compose(compose):
     broken = copy.deepcopy(compose)
     env = broken["services"]["airflow-scheduler"]["environment"]
     env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "true"
-    env.pop("AIRFLOW_VAR_FRUITS_LOCAL_ROOT")
-    env[SPARK_JOBS_ENV] = "/elsewhere"
+    settings = compose_settings(env)
+    settings.pop("fruits_local_root")
+    env[SETTINGS_ENV] = json.dumps({**settings, "fruits_jobs_dir": "/elsewhere"})
     problems = check_environment(broken)
     assert any("DAGS_ARE_PAUSED_AT_CREATION" in p for p in problems)
-    assert any("AIRFLOW_VAR_FRUITS_LOCAL_ROOT" in p for p in problems)
-    assert any(SPARK_JOBS_ENV in p for p in problems)
+    assert any("setting fruits_local_root is not in" in p for p in problems)
+    assert any("fruits_jobs_dir='/elsewhere' is not the mount" in p for p in problems)
+    env[SETTINGS_ENV] = '{"fruits_backend": "local", ${FRUITS_POKE_INTERVAL:-30}}'
+    assert any("is not a JSON object of settings once interpolated" in p for p in check_environment(broken))
 
     assert check_interpolation_defaults("password: ${SECRET}\nok: ${A:-b}\n") == ["${SECRET} has no default"]
     assert check_interpolation_defaults("a: ${AIRFLOW_FERNET_KEY:-}\nb: ${OTHER:?set it}\n") == [
@@ -222,9 +227,11 @@ def test_checks_catch_broken_dockerfile():
 
 
 def test_checks_catch_variables_the_dag_does_not_read():
-    assert check_variables({"AIRFLOW_VAR_FRUITS_TYPO": "x"}, {"fruits_backend"}) == [
-        "the DAG does not read the Variable fruits_local_root",
-        "the DAG does not read the Variable fruits_weights",
-        "the DAG does not read the Variable fruits_jobs_dir",
-        "compose sets AIRFLOW_VAR_FRUITS_TYPO, a Variable the DAG does not read",
+    env = {"AIRFLOW_VAR_FRUITS_BUCKET": "x", SETTINGS_ENV: '{"fruits_backend": "local", "fruits_typo": 1}'}
+    assert check_variables(env, {"fruits_backend"}) == [
+        "the DAG does not read the setting fruits_local_root",
+        "the DAG does not read the setting fruits_weights",
+        "the DAG does not read the setting fruits_jobs_dir",
+        "compose sets AIRFLOW_VAR_FRUITS_BUCKET, a Variable the DAG does not read",
+        "compose sets the setting fruits_typo, which the DAG does not read",
     ]

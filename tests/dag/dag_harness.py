@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repo import AIRFLOW, DAG_ID, REPO_ROOT, airflow_env  # noqa: F401  (REPO_ROOT: for the DAG tests)
+from repo import AIRFLOW, DAG_ID, REPO_ROOT, SETTINGS_ENV, airflow_env, with_settings  # noqa: F401  (for the tests)
 
 # Airflow reads its configuration when first imported: point it at a private home before any test imports it.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fruits-dag-tests-"))
@@ -127,14 +127,14 @@ STAND_IN_WHEELHOUSE = "wheelhouse-test-cp311-x86_64.tar"
 def emr_variables(endpoint: str, bucket: str, weights: Path) -> dict[str, str]:
     """The connection and Variables of a run on the EMR backend against moto: ``weights`` (a stand-in ONNX
     export, staged as is) and the stand-in wheelhouse beside it (both made by the ``weights`` fixture)."""
-    return {
-        "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
-        "AIRFLOW_VAR_FRUITS_BUCKET": bucket,
-        "AIRFLOW_VAR_FRUITS_BACKEND": "emr",
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights),
-        "AIRFLOW_VAR_FRUITS_WHEELHOUSE": str(weights.parent / STAND_IN_WHEELHOUSE),
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
-    }
+    return with_settings(
+        {"AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint)},
+        fruits_bucket=bucket,
+        fruits_backend="emr",
+        fruits_weights=str(weights),
+        fruits_wheelhouse=str(weights.parent / STAND_IN_WHEELHOUSE),
+        fruits_poke_interval=1,
+    )
 
 
 SPARK_SUBMIT_OPTIONS_WITH_VALUE = {
@@ -176,8 +176,9 @@ class OpsTopic:
         queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]
         self.sns.subscribe(TopicArn=self.arn, Protocol="sqs", Endpoint=queue_arn["QueueArn"])
 
-    def variables(self) -> dict[str, str]:
-        return {"AIRFLOW_VAR_FRUITS_ALERT_TOPIC_ARN": self.arn}
+    def told(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with this topic as the DAG's alert topic."""
+        return with_settings(env, fruits_alert_topic_arn=self.arn)
 
     def messages(self) -> list[dict[str, str]]:
         """Every message published so far (``Subject``, ``Message``), taken off the queue."""

@@ -252,7 +252,7 @@ def emr_backend(moto_endpoint, boto, monkeypatch, tmp_path):
             "fruits_build_cache": str(tmp_path / "cache"),
             "fruits_weights": str(tmp_path / "model.onnx"),
         }
-        return emr.EmrBackend(load({**base, **variables}.get))
+        return emr.EmrBackend(load({**base, **variables}))
 
     (tmp_path / "model.onnx").write_bytes(b"onnx stand-in")
     return backend

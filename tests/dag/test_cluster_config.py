@@ -20,7 +20,7 @@ WHEELHOUSES = {"x86_64": "s3://fruits-prod/code/artifacts/wheelhouse-k-cp311-x86
 
 
 def settings(**variables: str):
-    return load({"fruits_bucket": "fruits-prod", "fruits_emr_subnet_id": "subnet-0abc", **variables}.get)
+    return load({"fruits_bucket": "fruits-prod", "fruits_emr_subnet_id": "subnet-0abc", **variables})
 
 
 def request(params: RunParams, wheelhouses=WHEELHOUSES, **variables: str) -> dict:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import os
+from typing import Any
 
 import pytest
 
-from dag_harness import REPO_ROOT
+from dag_harness import REPO_ROOT, SETTINGS_ENV
 
 EMR_ORDER = [
     "stage_code",
@@ -35,14 +37,14 @@ SENSORS = ["wait_for_uploads", "clean_success", "embed_success", "pca_success", 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-def parse(monkeypatch, **variables: str):
-    """Parse the DAG folder the way the dag-processor does, with these Variables (and no others) set."""
+def parse(monkeypatch, variable: str | None = None, **settings: Any):
+    """Parse the DAG folder the way the dag-processor does, with these settings (and no others) in the Variable
+    ``fruits_settings``; or with ``variable`` as its text."""
     from airflow.dag_processing.dagbag import BundleDagBag
 
     for name in [n for n in os.environ if n.startswith("AIRFLOW_VAR_")]:
         monkeypatch.delenv(name)
-    for name, value in variables.items():
-        monkeypatch.setenv(f"AIRFLOW_VAR_{name.upper()}", value)
+    monkeypatch.setenv(SETTINGS_ENV, variable if variable is not None else json.dumps(settings))
     # What the dag-processor uses: it puts the bundle's folder (dags/) on sys.path, so fruits_dag imports.
     return BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags")
 
@@ -70,7 +72,46 @@ def test_a_bad_variable_is_an_import_error_that_names_it(monkeypatch):
     errors = parse(monkeypatch, fruits_backend="emr").import_errors
     assert len(errors) == 1 and "fruits_bucket is required" in next(iter(errors.values()))
     errors = parse(monkeypatch, fruits_bucket="bucket-one", fruits_poke_interval="soon").import_errors
-    assert "fruits_poke_interval must be a whole number" in next(iter(errors.values()))
+    assert "Setting fruits_poke_interval must be a whole number" in next(iter(errors.values()))
+
+
+def test_settings_are_one_json_variable_and_a_typo_or_bad_json_is_named(monkeypatch):
+    # JSON numbers and lists are taken as they are.
+    bag = parse(
+        monkeypatch,
+        fruits_bucket="bucket-one",
+        fruits_sensor_timeout=7200,
+        fruits_emr_spot_instance_types=["m5.xlarge", "m6i.xlarge"],
+    )
+    assert bag.import_errors == {}
+    assert bag.dags["fruits_pipeline"].task_dict["clean_step"].timeout == 7200
+    errors = parse(monkeypatch, fruits_bucket="bucket-one", fruits_sensor_timout=7200).import_errors
+    message = next(iter(errors.values()))
+    assert (
+        "Variable fruits_settings has no setting 'fruits_sensor_timout' (did you mean fruits_sensor_timeout?)"
+        in message
+    )
+    errors = parse(monkeypatch, variable='{"fruits_bucket": "bucket-one",}').import_errors
+    assert "Variable fruits_settings must be a JSON object of settings" in next(iter(errors.values()))
+    errors = parse(monkeypatch, variable='["fruits_bucket"]').import_errors
+    assert "must be a JSON object of settings, got list" in next(iter(errors.values()))
+
+
+def test_a_parse_looks_up_one_variable(monkeypatch):
+    """With a secrets backend every Variable.get is a call: a parse makes exactly one, for fruits_settings."""
+    from airflow.sdk import Variable
+
+    asked = []
+    real_get = Variable.get.__func__
+
+    def counting_get(cls, key, *args, **kwargs):
+        asked.append(key)
+        return real_get(cls, key, *args, **kwargs)
+
+    monkeypatch.setattr(Variable, "get", classmethod(counting_get))
+    bag = parse(monkeypatch, fruits_bucket="fruits-prod", fruits_alert_topic_arn=TOPIC)
+    assert bag.import_errors == {} and "fruits_pipeline" in bag.dags
+    assert asked == ["fruits_settings"]
 
 
 def test_schedule_retries_tags_and_docs(emr_dag):

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from dag_harness import AIRFLOW_HOME, DAG_ID, REPO_ROOT, OpsTopic, dags_test, emr_variables, reset_moto
+from dag_harness import (
+    AIRFLOW_HOME,
+    DAG_ID,
+    REPO_ROOT,
+    OpsTopic,
+    dags_test,
+    emr_variables,
+    reset_moto,
+    with_settings,
+)
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -45,8 +54,7 @@ def emr(moto_endpoint, boto) -> EmrEmulator:
 def run(moto_endpoint: str, weights: Path):
     """``airflow dags test`` of DATE on the EMR backend, retries one second apart."""
     env = {
-        **emr_variables(moto_endpoint, BUCKET, weights),
-        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "20",
+        **with_settings(emr_variables(moto_endpoint, BUCKET, weights), fruits_sensor_timeout=20),
         "AIRFLOW__CORE__MAX_TASK_RETRY_DELAY": "1",
     }
     return dags_test(DATE, env)
@@ -275,10 +283,12 @@ def airflow(tmp_path_factory, moto_endpoint, weights) -> Iterator[Any]:
         plugins_folder=REPO_ROOT / "plugins",
         components=(*COMPONENTS, "triggerer"),
         extra_env={
-            **emr_variables(moto_endpoint, BUCKET, weights),
-            "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "600",
-            "AIRFLOW_VAR_FRUITS_ALERT_TOPIC_ARN": OPS_TOPIC_ARN,
-            "AIRFLOW_VAR_FRUITS_RUN_DEADLINE": str(DEADLINE_SECONDS),
+            **with_settings(
+                emr_variables(moto_endpoint, BUCKET, weights),
+                fruits_sensor_timeout=600,
+                fruits_alert_topic_arn=OPS_TOPIC_ARN,
+                fruits_run_deadline=DEADLINE_SECONDS,
+            ),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         },
     )

@@ -18,6 +18,7 @@ from dag_harness import (
     parse_with_job,
     reset_moto,
     split_spark_submit,
+    with_settings,
 )
 from moto_emr import EmrEmulator
 
@@ -41,10 +42,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def pipeline_env(endpoint: str, weights: Path, sensor_timeout: int = 20) -> dict[str, str]:
-    return {
-        **emr_variables(endpoint, BUCKET, weights),
-        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": str(sensor_timeout),
-    }
+    return with_settings(emr_variables(endpoint, BUCKET, weights), fruits_sensor_timeout=sensor_timeout)
 
 
 def prepare_bucket(boto, uploads: bool = True) -> None:
@@ -77,7 +75,7 @@ def happy_run(moto_endpoint, weights, boto):
     prepare_bucket(boto)
     ops = OpsTopic(boto)
     with EmrEmulator() as emr:
-        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights), **ops.variables()}, conf=CONF)
+        result = dags_test(DATE, ops.told(pipeline_env(moto_endpoint, weights)), conf=CONF)
     assert result.returncode == 0, result.explain() + result.output[-6000:]
     clusters = boto("emr").list_clusters()["Clusters"]
     result.alerts = ops.messages()
@@ -210,7 +208,7 @@ def test_failing_embed_step_fails_the_run_and_still_terminates_the_cluster(moto_
     ops = OpsTopic(boto)
     with EmrEmulator() as emr:
         emr.fail_steps.add("embed")
-        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights), **ops.variables()})
+        result = dags_test(DATE, ops.told(pipeline_env(moto_endpoint, weights)))
     assert result.returncode != 0
     states = result.states
     assert states["clean_step"] == states["clean_success"] == "success"
@@ -246,7 +244,7 @@ def test_no_uploads_skips_the_run_and_creates_no_cluster(moto_endpoint, weights,
     boto("s3").put_object(Bucket=BUCKET, Key="uploads/2026-04-30/IMG_0000.jpg", Body=b"jpeg bytes")
     ops = OpsTopic(boto)
     with EmrEmulator():
-        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights, sensor_timeout=3), **ops.variables()})
+        result = dags_test(DATE, ops.told(pipeline_env(moto_endpoint, weights, sensor_timeout=3)))
     assert result.returncode == 0, result.explain()
     assert result.states["stage_code"] == "success"
     assert result.states["wait_for_uploads"] == "skipped"
@@ -262,7 +260,7 @@ def test_the_third_night_in_a_row_without_uploads_fails_and_alerts(moto_endpoint
     boto("s3").put_object(Bucket=BUCKET, Key="uploads/2026-04-28/IMG_0000.jpg", Body=b"jpeg bytes")  # 4 days ago
     ops = OpsTopic(boto)
     with EmrEmulator():
-        result = dags_test(DATE, {**pipeline_env(moto_endpoint, weights, sensor_timeout=3), **ops.variables()})
+        result = dags_test(DATE, ops.told(pipeline_env(moto_endpoint, weights, sensor_timeout=3)))
     assert result.returncode != 0
     assert result.states["wait_for_uploads"] == "failed"
     assert result.states["create_cluster"] == "upstream_failed"

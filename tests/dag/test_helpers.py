@@ -23,13 +23,13 @@ UTC = dt.UTC
 # -- settings -------------------------------------------------------------------------------------------------
 def test_settings_default_to_local_without_a_bucket_and_to_emr_with_one(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
-    local = load({}.get)
+    local = load({})
     assert (local.backend, local.storage_root, local.weights) == ("local", str(tmp_path / "fruits"), "imagenet")
     assert (local.poke_interval, local.sensor_timeout) == (120, 4 * 3600)
-    emr = load({"fruits_bucket": "fruits-prod"}.get)
+    emr = load({"fruits_bucket": "fruits-prod"})
     assert (emr.backend, emr.storage_root, emr.emr_release) == ("emr", "s3://fruits-prod", "emr-7.13.0")
     assert emr.emr_log_uri == "s3://fruits-prod/logs/emr/" and emr.emr_idle_timeout == 1800
-    assert load({"fruits_bucket": "fruits-prod", "fruits_backend": "local"}.get).backend == "local"
+    assert load({"fruits_bucket": "fruits-prod", "fruits_backend": "local"}).backend == "local"
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_settings_default_to_local_without_a_bucket_and_to_emr_with_one(monkeypa
 )
 def test_settings_refuse_bad_values_naming_the_variable(variables, message):
     with pytest.raises(SettingsError, match=message):
-        load(variables.get)
+        load(variables)
 
 
 # -- run date -------------------------------------------------------------------------------------------------

@@ -27,11 +27,11 @@ PARAMS = [
 
 
 def emr_settings():
-    return load({"fruits_bucket": "fruits-prod", "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"}.get)
+    return load({"fruits_bucket": "fruits-prod", "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"})
 
 
 def local_settings(tmp_path):
-    return load({"fruits_local_root": str(tmp_path), "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"}.get)
+    return load({"fruits_local_root": str(tmp_path), "fruits_weights": "/opt/weights/mobilenet_v2_no_top.h5"})
 
 
 @pytest.mark.parametrize("params", PARAMS, ids=["defaults", "full-k-reuse", "variance"])

@@ -143,7 +143,7 @@ def test_a_run_facing_a_live_lease_fails_before_writing_and_says_who_holds_it(mo
     put_lease(boto, other)
     ops = OpsTopic(boto)
     with EmrEmulator():
-        result = dags_test(DATE, {**emr_variables(moto_endpoint, BUCKET, weights), **ops.variables()})
+        result = dags_test(DATE, ops.told(emr_variables(moto_endpoint, BUCKET, weights)))
     assert result.returncode != 0
     assert result.states["take_lease"] == "failed"
     assert result.states["create_cluster"] == "upstream_failed"

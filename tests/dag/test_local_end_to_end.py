@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowException
 
 import report as report_job
 from bad_images import EXPECTED_REASONS, write_bad_files
-from dag_harness import AIRFLOW, AIRFLOW_HOME, CONSUMER_DAGS, REPO_ROOT, clean_env, dags_test
+from dag_harness import AIRFLOW, AIRFLOW_HOME, CONSUMER_DAGS, REPO_ROOT, clean_env, dags_test, with_settings
 from fruits_dag.backends.local import LocalSparkJobOperator
 from fruits_dag.bundle import zip_package
 from fruits_dag.plan import JobRun
@@ -44,12 +44,13 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(root: Path, weights_file: Path) -> dict[str, str]:
-    return {
-        "AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(root),  # no bucket: the local backend by default
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights_file),
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
-        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "30",
-    }
+    return with_settings(
+        {},
+        fruits_local_root=str(root),  # no bucket: the local backend by default
+        fruits_weights=str(weights_file),
+        fruits_poke_interval=1,
+        fruits_sensor_timeout=30,
+    )
 
 
 def register_consumer(env: dict[str, str], root: Path) -> None:
@@ -256,12 +257,9 @@ def test_a_failing_job_fails_its_task_with_the_jobs_error(tmp_path):
 
 
 def test_no_uploads_skips_the_local_run_and_the_third_such_night_fails(tmp_path):
-    env = {
-        "AIRFLOW_VAR_FRUITS_LOCAL_ROOT": str(tmp_path),
-        "AIRFLOW_VAR_FRUITS_WEIGHTS": "imagenet",
-        "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "1",
-        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "2",
-    }
+    env = with_settings(
+        {}, fruits_local_root=str(tmp_path), fruits_weights="imagenet", fruits_poke_interval=1, fruits_sensor_timeout=2
+    )
     yesterday = tmp_path / "uploads" / "2026-05-02"
     yesterday.mkdir(parents=True)
     (yesterday / "IMG_0001.jpg").write_bytes(b"jpeg bytes")

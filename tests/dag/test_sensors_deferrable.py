@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dag_harness import REPO_ROOT, dags_test, emr_variables, reset_moto
+from dag_harness import REPO_ROOT, dags_test, emr_variables, reset_moto, with_settings
 from moto_emr import EmrEmulator
 
 BUCKET = "fruits-test"
@@ -38,8 +38,7 @@ def bucket(moto_endpoint, boto):
 
 def env(endpoint: str, weights: Path, sensor_timeout: int) -> dict[str, str]:
     return {
-        **emr_variables(endpoint, BUCKET, weights),
-        "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": str(sensor_timeout),
+        **with_settings(emr_variables(endpoint, BUCKET, weights), fruits_sensor_timeout=sensor_timeout),
     }
 
 
@@ -52,7 +51,7 @@ def test_step_watchers_defer_and_the_s3_sensors_reschedule(monkeypatch):
 
     for name in [n for n in os.environ if n.startswith("AIRFLOW_VAR_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("AIRFLOW_VAR_FRUITS_BUCKET", "fruits-prod")
+    monkeypatch.setenv(*with_settings({}, fruits_bucket="fruits-prod").popitem())
     bag = BundleDagBag(dag_folder=str(REPO_ROOT / "dags"), bundle_path=REPO_ROOT / "dags")
     tasks = bag.dags["fruits_pipeline"].task_dict
     for name in STEPS:

@@ -4,6 +4,7 @@ updates, the guards, and the teardown."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -144,7 +145,7 @@ def test_outputs_feed_the_dag_settings(
     outputs = stack["outputs"]
     variables = deploy.airflow_variables(outputs)
     assert set(variables) == set(deploy.OUTPUT_VARIABLES.values())
-    settings = dag_settings.load(variables.get)
+    settings = dag_settings.load(variables)
     assert settings.backend == "emr"
     assert settings.bucket == stack["bucket"]
     assert settings.emr_service_role == outputs["EmrServiceRoleName"]
@@ -158,8 +159,11 @@ def test_outputs_feed_the_dag_settings(
 
     assert cli("outputs", stack=stack["stack"]) == 0
     printed = capsys.readouterr().out
-    assert f"airflow variables set fruits_bucket {stack['bucket']}\n" in printed
-    assert f"airflow variables set fruits_emr_instance_profile {settings.emr_instance_profile}\n" in printed
+    # One command (its JSON spans lines), before the connection's.
+    command = printed[printed.index("airflow variables set") : printed.index("airflow connections add")]
+    name, value = shlex.split(command)[3:]
+    assert name == "fruits_settings" and json.loads(value) == variables
+    assert dag_settings.parse_variable(value).bucket == stack["bucket"]
     assert (
         'airflow connections add aws_default --conn-type aws --conn-extra \'{"region_name": "eu-west-1"}\'' in printed
     )
@@ -169,21 +173,30 @@ def test_outputs_feed_the_dag_settings(
 def test_apply_sets_the_variables_and_keeps_an_existing_connection(stack: dict[str, Any]) -> None:
     calls: list[list[str]] = []
     connection_exists = True
+    # The operator's own settings, and an old bucket the stack's output replaces.
+    current = json.dumps({"fruits_weights": "/opt/weights/mobilenet.h5", "fruits_bucket": "old-bucket"})
 
     def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         calls.append(command)
+        if command[1:3] == ["variables", "get"]:
+            return subprocess.CompletedProcess(command, 0 if current else 1, current or "", "")
         missing = command[1:3] == ["connections", "get"] and not connection_exists
         return subprocess.CompletedProcess(command, 1 if missing else 0, "", "")
 
     deploy.apply_settings(stack["outputs"], "eu-west-1", airflow="/opt/airflow/bin/airflow", run=run)
-    set_calls = [c for c in calls if c[1:3] == ["variables", "set"]]
-    assert {c[3]: c[4] for c in set_calls} == deploy.airflow_variables(stack["outputs"])
+    (set_call,) = [c for c in calls if c[1:3] == ["variables", "set"]]
+    assert set_call[3] == "fruits_settings"
+    stack_settings = deploy.airflow_variables(stack["outputs"])
+    assert json.loads(set_call[4]) == {**stack_settings, "fruits_weights": "/opt/weights/mobilenet.h5"}
+    assert all(c[0] == "/opt/airflow/bin/airflow" for c in calls)
     assert all(c[0] == "/opt/airflow/bin/airflow" for c in calls)
     assert not [c for c in calls if c[1:3] == ["connections", "add"]]  # it exists: its credentials are kept
 
     calls.clear()
-    connection_exists = False
+    connection_exists, current = False, ""
     deploy.apply_settings(stack["outputs"], "eu-west-1", run=run)
+    (set_call,) = [c for c in calls if c[1:3] == ["variables", "set"]]
+    assert json.loads(set_call[4]) == stack_settings  # no Variable yet: the stack's settings alone
     added = [c for c in calls if c[1:3] == ["connections", "add"]]
     extra = '{"region_name": "eu-west-1"}'
     assert added == [["airflow", "connections", "add", "aws_default", "--conn-type", "aws", "--conn-extra", extra]]

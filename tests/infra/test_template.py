@@ -227,15 +227,14 @@ def test_region_must_match_the_stack(template: dict[str, Any]) -> None:
 def test_outputs_are_the_dag_variables(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
     named = {
-        key: o["Description"].removeprefix("Airflow Variable ")
+        key: o["Description"].removeprefix("DAG setting ")
         for key, o in outputs.items()
-        if o["Description"].startswith("Airflow Variable ")
+        if o["Description"].startswith("DAG setting ")
     }
     assert named == deploy.OUTPUT_VARIABLES
     assert set(outputs) == set(deploy.OUTPUT_VARIABLES) | {deploy.AIRFLOW_POLICY_OUTPUT}
-    # The Variables the DAG reads: the names its settings loader asks for.
-    asked: list[str] = []
-    dag_settings.load(lambda name: asked.append(name) or {"fruits_bucket": "fruits-names"}.get(name))
-    assert set(named.values()) <= set(asked)
-    # Every Variable that names an AWS resource of the stack is among them.
+    # Settings the DAG has (keys of its Variable fruits_settings), and it takes the outputs as they come.
+    assert set(named.values()) <= {setting.name for setting in dag_settings.SETTINGS}
+    dag_settings.load(dict.fromkeys(named.values(), "") | {"fruits_bucket": "fruits-names"})
+    # Every setting that names an AWS resource of the stack is among them.
     assert {"fruits_bucket", "fruits_emr_service_role", "fruits_emr_instance_profile"} <= set(named.values())

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -58,6 +59,8 @@ class AirflowServers:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     token: str | None = None
     seen: dict[int, psutil.Process] = field(default_factory=dict)
+    # The pipeline's settings the tests put into the Variable fruits_settings (tests/ui/conftest.py).
+    pipeline_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:

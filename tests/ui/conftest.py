@@ -7,6 +7,7 @@ the REST API), ``fruits_pipeline`` paused again and no API token set, so that ea
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -23,13 +24,17 @@ from repo import DAG_ID, REPO_ROOT
 if str(REPO_ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
-# Settings of the pipeline on the test servers; the storage root is per test (see fruits_airflow).
+# Settings of the pipeline on the test servers, set (with the weights and a storage root per test, see
+# fruits_airflow) through the REST API into the Variable fruits_settings, as an operator would: an
+# AIRFLOW_VAR_FRUITS_SETTINGS in the environment would hide that Variable.
+PIPELINE_SETTINGS = {
+    "fruits_backend": "local",
+    "fruits_jobs_dir": str(REPO_ROOT / "spark_jobs"),
+    "fruits_poke_interval": 5,
+    "fruits_sensor_timeout": 300,
+    "fruits_local_driver_memory": "2g",
+}
 PIPELINE_ENV = {
-    "AIRFLOW_VAR_FRUITS_BACKEND": "local",
-    "AIRFLOW_VAR_FRUITS_JOBS_DIR": str(REPO_ROOT / "spark_jobs"),
-    "AIRFLOW_VAR_FRUITS_POKE_INTERVAL": "5",
-    "AIRFLOW_VAR_FRUITS_SENSOR_TIMEOUT": "300",
-    "AIRFLOW_VAR_FRUITS_LOCAL_DRIVER_MEMORY": "2g",
     # No scheduled (nightly) run next to the triggered ones: it would wait for uploads that never come, and the
     # DAG runs one run at a time.
     "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -69,8 +74,9 @@ def fruits_servers(tmp_path_factory: pytest.TempPathFactory, weights_file: Path)
         home=tmp_path_factory.mktemp("fruits-airflow") / "airflow-home",
         dags_folder=REPO_ROOT / "dags",
         plugins_folder=REPO_ROOT / "plugins",
-        extra_env={**PIPELINE_ENV, "AIRFLOW_VAR_FRUITS_WEIGHTS": str(weights_file)},
+        extra_env=PIPELINE_ENV,
     )
+    servers.pipeline_settings = {**PIPELINE_SETTINGS, "fruits_weights": str(weights_file)}
     try:
         servers.migrate()
         servers.start()
@@ -125,12 +131,14 @@ def fruits_airflow(
 
 
 def _use_storage_root(servers: AirflowServers, root: Path, timeout: float = 180) -> None:
-    """Set ``fruits_local_root``, have the DAG file parsed again and wait until its assets point into ``root``.
+    """Set the setting ``fruits_local_root``, have the DAG file parsed again and wait until its assets point into
+    ``root``.
 
     What an operator does after changing the Variable: the DAG's asset URIs come from the storage root, and a task
     whose outlets are not the active assets fails (``AirflowInactiveAssetInInletOrOutletException``).
     """
-    _set_variable(servers, "fruits_local_root", str(root))
+    settings = {**servers.pipeline_settings, "fruits_local_root": str(root)}
+    _set_variable(servers, "fruits_settings", json.dumps(settings))
     before = servers.api("GET", f"/dags/{DAG_ID}").json()["last_parsed_time"]
     file_token = servers.api("GET", f"/dags/{DAG_ID}/details").json()["file_token"]
     resp = servers.api("PUT", f"/parseDagFile/{file_token}")

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from airflow_servers import SIMPLE_AUTH_MANAGER
-from repo import AIRFLOW, REPO_ROOT, airflow_env
+from repo import AIRFLOW, REPO_ROOT, airflow_env, with_settings
 
 if "airflow" not in sys.modules:
     # First import of Airflow in this process: point it at a private home (a full run imports it earlier, from
@@ -140,8 +140,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
         env.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(home / "passwords.json"))
         env.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
         env.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))  # HS512 wants 64+ bytes
-        env.setenv("AIRFLOW_VAR_FRUITS_BACKEND", "local")
-        env.setenv("AIRFLOW_VAR_FRUITS_LOCAL_ROOT", str(root))
+        env.setenv(*with_settings({}, fruits_backend="local", fruits_local_root=str(root)).popitem())
 
         from airflow import settings
         from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
@@ -391,8 +390,7 @@ def test_s3_reports_are_read_through_the_airflow_connection_without_exposing_it(
         "extra": {"region_name": "us-east-1"},
     }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AIRFLOW_VAR_FRUITS_BACKEND", "emr")
-    monkeypatch.setenv("AIRFLOW_VAR_FRUITS_BUCKET", BUCKET)
+    monkeypatch.setenv(*with_settings({}, fruits_backend="emr", fruits_bucket=BUCKET).popitem())
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
@@ -412,7 +410,7 @@ def test_s3_reports_are_read_through_the_airflow_connection_without_exposing_it(
         assert responses[-1].status_code == 404
 
         # A bucket that does not exist: a plain sentence, no stack trace, no connection detail.
-        monkeypatch.setenv("AIRFLOW_VAR_FRUITS_BUCKET", "fruits-no-such-bucket")
+        monkeypatch.setenv(*with_settings({}, fruits_backend="emr", fruits_bucket="fruits-no-such-bucket").popitem())
         broken = [plugin.get("/"), plugin.get(f"/reports/{DAY}"), plugin.get(f"/files/{DAY}/report.json")]
         assert [r.status_code for r in broken] == [503, 503, 503]
         assert "could not be read from storage" in broken[0].text
@@ -438,7 +436,7 @@ def test_the_plugin_loads_from_the_plugins_folder_with_its_views():
 
 
 def test_unusable_settings_are_named_on_the_page(plugin, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_VAR_FRUITS_BACKEND", "gcs")
+    monkeypatch.setenv(*with_settings({}, fruits_backend="gcs").popitem())
     resp = plugin.get("/")
     assert resp.status_code == 503
     assert "fruits_backend must be one of" in resp.text and "Traceback" not in resp.text

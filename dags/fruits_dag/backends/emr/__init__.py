@@ -104,7 +104,7 @@ class EmrBackend(backends.Backend):
         missing = [arch for arch in needed if arch not in given]
         if missing:
             raise PlanError(
-                f"the cluster needs a wheelhouse for {', '.join(missing)} and Variable fruits_wheelhouse has none "
+                f"the cluster needs a wheelhouse for {', '.join(missing)} and setting fruits_wheelhouse has none "
                 "(make wheelhouse ARCH=..., or set it to 'build')"
             )
         staged = {}
@@ -115,7 +115,7 @@ class EmrBackend(backends.Backend):
                 continue
             path = Path(source).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"wheelhouse not found: {path} (Variable fruits_wheelhouse)")
+                raise FileNotFoundError(f"wheelhouse not found: {path} (setting fruits_wheelhouse)")
             staged[arch] = f"{prefix}/{path.name}"
             stage_file(BundleFile(path.name, path=path), staged[arch], store)
         return staged

@@ -57,7 +57,7 @@ class S3CodeStore:
         bucket, key = self.hook.parse_s3_url(uri)
         head = self.hook.head_object(key=key, bucket_name=bucket)
         if head is None:
-            raise FileNotFoundError(f"weights file not found: {uri} (Variable fruits_weights)")
+            raise FileNotFoundError(f"weights file not found: {uri} (setting fruits_weights)")
         target = folder / head["ETag"].strip('"') / key.rsplit("/", 1)[-1]
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 DAG_ID_TAG = "airflow:dag_id"
 RUN_ID_TAG = "airflow:run_id"
-ENVIRONMENT_TAG = "fruits:environment"  # the deployment (Variable fruits_environment)
+ENVIRONMENT_TAG = "fruits:environment"  # the deployment (setting fruits_environment)
 # Every cluster of the pipeline is named so: the look-up describes only those, never another team's clusters.
 CLUSTER_NAME_PREFIX = "fruits-pipeline-"
 # What DescribeCluster answers for a cluster this role may not describe (the Airflow policy allows project=fruits).
