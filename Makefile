@@ -11,7 +11,7 @@ WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) ima
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse constraints clean-local compose-env
+.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse release constraints clean-local compose-env
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -44,10 +44,20 @@ aws-destroy: venv
 	$(PY) infra/deploy.py destroy --region "$(REGION)" --account "$(ACCOUNT)"
 
 # The EMR nodes' Python packages as one prebuilt wheelhouse per architecture (ARCH=x86_64 or aarch64), for the
-# Variable fruits_wheelhouse when the Airflow workers cannot reach the package index (stage_code builds it otherwise).
+# setting fruits_wheelhouse when the Airflow workers cannot reach the package index (stage_code builds it otherwise).
 ARCH ?= x86_64
 wheelhouse: venv
 	PYTHONPATH=dags $(PY) -m fruits_dag.artifacts --arch $(ARCH) --output $(RUN_DIR)/wheelhouse
+
+# A release for workers without TensorFlow or the package index (Amazon MWAA): the ONNX export of WEIGHTS and the
+# nodes' wheelhouse of each ARCHS, built here and staged to s3://BUCKET/code/artifacts/ (AWS credentials of this
+# shell, or AIRFLOW_CONN_AWS_DEFAULT); prints the settings to merge into the Variable fruits_settings (docs/aws.md).
+ARCHS ?= x86_64
+release: venv
+	@mkdir -p $(RUN_DIR)
+	@test -n "$(BUCKET)" || { echo "usage: make release BUCKET=<fruits_bucket> [WEIGHTS=...] [ARCHS='x86_64 aarch64']"; exit 1; }
+	PYTHONPATH=dags $(PY) -m fruits_dag.release --bucket $(BUCKET) --weights "$(WEIGHTS)" \
+		$(foreach a,$(ARCHS),--arch $(a)) --output $(RUN_DIR)/release-settings.json
 
 # The docker compose stack's secrets (docs/compose.md): adds what is missing to .env (git-ignored, mode 0600) and
 # never changes a value there; prints the admin password when it makes it. Standard library only: no venv needed.
