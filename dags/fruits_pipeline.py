@@ -119,7 +119,7 @@ with DAG(
     default_args=DEFAULT_ARGS,
     params=dag_params(),
     dagrun_timeout=dt.timedelta(seconds=SETTINGS.run_timeout),
-    deadline=alerts.deadline_alert(SETTINGS),
+    deadline=alerts.deadline_alert(SETTINGS, data_interval=dt.timedelta(days=1)),  # the cron below: daily
     # Lists and dicts from XCom (sensor keys, steps, cluster configuration) render as themselves, not as text.
     render_template_as_native_obj=True,
     tags=["fruits", "spark", SETTINGS.backend],

@@ -4,7 +4,7 @@ Three things publish there, each once:
 
 * a task that **fails for good** (after its retries): the task's ``on_failure_callback``, the amazon provider's
   :class:`SnsNotifier`, run by the worker that ran the task;
-* a run **not finished by its deadline** (``fruits_run_deadline`` after it was queued): an Airflow 3 deadline
+* a run **not finished by its deadline** (``fruits_run_deadline`` after its scheduled start): an Airflow 3 deadline
   alert, whose callback (the same notifier, awaited) the triggerer runs; the run goes on;
 * **too many nights without uploads** (``fruits_alert_after_empty_nights``): ``wait_for_uploads`` then fails
   instead of skipping the run (:class:`UploadsWait`), and the failure is told as above.
@@ -37,7 +37,7 @@ Log: {{ ti.log_url }}
 DEADLINE_SUBJECT = "[fruits-pipeline] {{ dag_run.dag_id }} missed its deadline"
 DEADLINE_MESSAGE = """\
 Run {{ dag_run.dag_run_id }} of {{ dag_run.dag_id }} had not ended by {{ deadline.deadline_time }}
-(queued at {{ dag_run.queued_at }}, state {{ dag_run.state }}). It goes on; look at it in Airflow.
+(logical date {{ dag_run.logical_date }}, state {{ dag_run.state }}). It goes on; look at it in Airflow.
 """
 
 
@@ -61,17 +61,21 @@ def under_dags_test() -> bool:
     return sys.argv[1:3] == ["dags", "test"]
 
 
-def deadline_alert(settings: Settings) -> DeadlineAlert | None:
-    """The DAG's deadline: ``fruits_run_deadline`` seconds after a run is queued (none without a topic).
+def deadline_alert(settings: Settings, data_interval: dt.timedelta) -> DeadlineAlert | None:
+    """The DAG's deadline: ``fruits_run_deadline`` seconds after a run's scheduled start, which is its logical date
+    plus the schedule's ``data_interval`` (none without a topic).
 
+    Counted from the logical date, not from when the run was queued: Airflow 3.3.2 cannot clear a run (HTTP 500,
+    ``timedelta(seconds=<dict>)`` in ``_recalculate_dagrun_queued_at_deadlines``) once its DAG has a queued-at
+    deadline, and clearing is how a night is retried. A manual run for a past date is thus past its deadline at once.
     None under ``airflow dags test`` either: Airflow 3.3.2's ``dags test`` of a DAG with a deadline exits 1 after
     a successful run (apache/airflow#73428), and nothing there would check the deadline anyway.
     """
     if not settings.alert_topic_arn or under_dags_test():
         return None
     return DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=dt.timedelta(seconds=settings.run_deadline),
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=data_interval + dt.timedelta(seconds=settings.run_deadline),
         # The triggerer builds the notifier from these and awaits it (SnsNotifier.async_notify).
         callback=AsyncCallback(
             SnsNotifier,

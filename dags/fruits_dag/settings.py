@@ -300,7 +300,8 @@ SETTINGS: tuple[Setting, ...] = (
         "fruits_run_deadline",
         _seconds(1),
         6 * 3600,
-        "Seconds after a run is queued by which it should have ended; a run still going then is reported to the "
+        "Seconds after a night's scheduled start (its logical date + 1 day) by which its run should have ended; a "
+        "run still going then is reported to the "
         "alert topic (an Airflow deadline alert) and goes on.",
         shown="`21600` (6 h)",
     ),
@@ -317,7 +318,14 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds(60),
         3600,
         "Seconds a task other than a job may run (`execution_timeout`; for sensors, each poke). The jobs are "
-        "bounded by `fruits_sensor_timeout`.",
+        "bounded by `fruits_job_timeout` (local) and `fruits_sensor_timeout` (the EMR step watchers).",
+    ),
+    Setting(
+        "fruits_job_timeout",
+        _seconds(60),
+        4 * 3600,
+        "Seconds a local job (`spark-submit` on the worker) may run before it is killed and its task fails.",
+        shown="`14400` (4 h)",
     ),
     Setting(
         "fruits_build_timeout",
@@ -373,6 +381,7 @@ class Settings:
     run_deadline: int
     run_timeout: int
     task_timeout: int
+    job_timeout: int
     build_timeout: int
     alert_after_empty_nights: int
     emr_idle_timeout: int

@@ -195,8 +195,8 @@ def test_without_a_topic_nothing_is_told_and_with_one_every_task_and_the_deadlin
     dag = bag.dags["fruits_pipeline"]
     assert all(len(t.on_failure_callback) == 1 for t in dag.tasks)
     (deadline,) = dag.deadline
-    assert deadline.interval == dt.timedelta(minutes=90)
-    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    assert deadline.interval == dt.timedelta(days=1, minutes=90)  # from the logical date: the night's start + 90 min
+    assert type(deadline.reference).__name__ == "DagRunLogicalDateDeadline"
     assert deadline.callback.path == "airflow.providers.amazon.aws.notifications.sns.SnsNotifier"
     assert deadline.callback.kwargs["target_arn"] == TOPIC
 

@@ -12,6 +12,7 @@ injected test-side (:meth:`moto_emr.EmrEmulator.fail_next`).
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import sys
 import time
@@ -324,10 +325,13 @@ def task_states(airflow: Any, run_id: str) -> dict[str, str | None]:
     return {ti["task_id"]: ti["state"] for ti in resp.json()["task_instances"]}
 
 
-def start_run_until_the_clean_step_runs(airflow: Any, boto, date: str) -> tuple[str, str]:
-    """Trigger a run of ``date`` and wait until its clean step is deferred; returns (run id, cluster id)."""
+def start_run_until_the_clean_step_runs(
+    airflow: Any, boto, date: str, logical_date: str | None = None
+) -> tuple[str, str]:
+    """Trigger a run of ``date`` (at midnight, or at ``logical_date``) and wait until its clean step is deferred;
+    returns (run id, cluster id)."""
     boto("s3").put_object(Bucket=BUCKET, Key=f"uploads/{date}/IMG_0001.jpg", Body=b"jpeg bytes")
-    resp = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": f"{date}T00:00:00Z"})
+    resp = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": logical_date or f"{date}T00:00:00Z"})
     assert resp.ok, resp.text
     run_id = resp.json()["dag_run_id"]
     wait_until(lambda: task_states(airflow, run_id).get("clean_step") == "deferred", "clean_step deferred", airflow)
@@ -359,7 +363,7 @@ def test_a_run_cleared_while_a_step_runs_terminates_its_cluster(airflow, moto_en
     run_id, first = start_run_until_the_clean_step_runs(airflow, boto, "2026-06-02")
 
     resp = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns/{run_id}/clear", json={"dry_run": False})
-    assert resp.ok, resp.text
+    assert resp.ok, f"{resp.text}\n{airflow.logs(120)}"
     # The run starts again: its create_cluster finds the cluster that ran steps, terminates it, makes a new one.
     wait_until(lambda: clusters(boto)[first]["Status"]["State"] == "TERMINATED", "first cluster terminated", airflow)
     second = wait_until(
@@ -380,10 +384,16 @@ def test_a_run_past_its_deadline_tells_the_ops_topic_once_and_goes_on(airflow, m
     ops = OpsTopic(boto)
     assert ops.arn == OPS_TOPIC_ARN
     emr.step_seconds = 3600  # the clean step outlasts the deadline
-    run_id, cluster_id = start_run_until_the_clean_step_runs(airflow, boto, "2026-06-03")
+    # A night that started now (its logical date is a day ago): its deadline is DEADLINE_SECONDS from now.
+    logical = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
+    started = time.monotonic()
+    run_id, cluster_id = start_run_until_the_clean_step_runs(
+        airflow, boto, logical.date().isoformat(), logical.isoformat()
+    )
 
     # The scheduler sees the deadline pass and queues the callback; the triggerer publishes.
     (alert,) = wait_until(ops.messages, "a deadline message on the ops topic", airflow, timeout=DEADLINE_SECONDS + 150)
+    assert time.monotonic() - started >= DEADLINE_SECONDS - 5
     assert alert["Subject"] == f"[fruits-pipeline] {DAG_ID} missed its deadline"
     assert f"Run {run_id} of {DAG_ID} had not ended by" in alert["Message"]
     assert "It goes on" in alert["Message"]

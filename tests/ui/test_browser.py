@@ -136,7 +136,8 @@ def test_trigger_from_the_form_and_read_the_report_in_the_browser(fruits_airflow
         help_texts = dialog.locator('[data-part="helper-text"]')
         expect(help_texts.locator("code", has_text="pca_variance")).to_be_visible()
         assert help_texts.count() >= 7 and not [t for t in help_texts.all_inner_texts() if "`" in t]
-        expect(dialog.get_by_label(f"Unpause {DAG_ID} on trigger")).to_be_checked()  # paused until now
+        # Paused until now; the form shows the switch once it has read the DAG (slow on a loaded machine).
+        expect(dialog.get_by_label(f"Unpause {DAG_ID} on trigger")).to_be_checked(timeout=30_000)
         dialog.locator("input[name=element_input_uri]").fill(DATASET)
         dialog.get_by_role("combobox").first.click()
         page.get_by_role("option", name="full", exact=True).click()

@@ -55,13 +55,13 @@ class LocalBackend(backends.Backend):
         return LocalLeaseStore(uri)
 
     def job_task(self, name: str, index: int) -> BaseOperator:
-        # A failed job fails the same way again: no retries. It may run as long as an EMR step may.
+        # A failed job fails the same way again: no retries.
         return LocalSparkJobOperator(
             task_id=f"{name}_step",
             job=backends.from_plan(f"{name}_job"),
             driver_memory=self.settings.local_driver_memory,
             retries=0,
-            execution_timeout=dt.timedelta(seconds=self.settings.sensor_timeout),
+            execution_timeout=dt.timedelta(seconds=self.settings.job_timeout),
         )
 
 
