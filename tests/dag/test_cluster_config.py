@@ -9,6 +9,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
+from dag_harness import REPO_ROOT
 from fruits_dag.backends.emr import cluster_config
 from fruits_dag.params import RunParams
 from fruits_dag.plan import PlanError
@@ -107,3 +108,67 @@ def test_moto_accepts_the_spot_request(boto):
     staging = {t["Key"]: t["Value"] for t in request(RunParams(), fruits_environment="staging")["Tags"]}
     assert staging["fruits:environment"] == "staging"
     boto("emr").terminate_job_flows(JobFlowIds=[cluster])
+
+
+def docs_sizing_table() -> dict[str, dict[str, str]]:
+    """docs/aws.md's sizing table: {instance type: {row label: value}}."""
+    text = (REPO_ROOT / "docs" / "aws.md").read_text(encoding="utf-8")
+    section = text[text.index("## Spark sized for the instance types") :]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    types = [cell.strip() for cell in rows[0].strip("|").split("|")][1:]
+    table: dict[str, dict[str, str]] = {t: {} for t in types}
+    for row in rows[2:]:
+        label, *values = [cell.strip() for cell in row.strip("|").split("|")]
+        for t, value in zip(types, values, strict=True):
+            table[t][label] = value
+    return table
+
+
+@pytest.mark.parametrize("core_type", ["m5.xlarge", "r5.2xlarge"])
+def test_spark_is_sized_for_the_instance_type_as_docs_aws_md_computes_it(core_type):
+    documented = docs_sizing_table()[core_type]
+    config = request(RunParams(core_instance_type=core_type, core_instance_count=2, core_max_instances=10))
+    assert_valid_run_job_flow(config)
+    classes = {c["Classification"]: c.get("Properties", {}) for c in config["Configurations"]}
+    spark, yarn = classes["spark-defaults"], classes["yarn-site"]
+    for label, value in documented.items():
+        name = label.split("`")[1] if "`" in label else None
+        if name in spark:
+            assert spark[name] == value, label
+        elif name in yarn:
+            assert yarn[name] == value, label
+    assert spark["spark.sql.shuffle.partitions"] == spark["spark.default.parallelism"]
+    groups = {g["InstanceRole"]: g for g in config["Instances"]["InstanceGroups"]}
+    volume = groups["CORE"]["EbsConfiguration"]["EbsBlockDeviceConfigs"][0]["VolumeSpecification"]
+    assert (volume["VolumeType"], str(volume["SizeInGB"])) == ("gp3", documented["EBS per core node (GiB)"])
+    # Every documented Spark or YARN property was compared.
+    named = [label.split("`")[1] for label in documented if "`" in label]
+    assert len(named) == 7 and all(n in spark or n in yarn for n in named)
+
+
+def test_a_python_worker_fits_the_worst_accepted_upload_and_the_model():
+    """PYTHON_WORKER_MIB covers clean's bound for the largest accepted upload (the jobs' own formula)."""
+    from fruits_common import images
+    from fruits_dag.backends.emr import spark_sizing
+
+    worst = max(
+        images.peak_bytes_bound(8000, 8000, mode, fmt)
+        for mode, fmt in [("RGBA", "HEIF"), ("RGBA", "PNG"), ("RGB", "JPEG")]
+    )
+    upload = worst + images.MAX_FILE_BYTES
+    assert spark_sizing.PYTHON_WORKER_MIB * 2**20 >= max(upload, 2**30) + 300 * 2**20
+
+
+def test_a_core_type_too_small_for_the_workers_is_refused_with_the_reason():
+    with pytest.raises(PlanError, match=r"c5.xlarge is too small for the jobs: 4096 MiB per executor"):
+        request(RunParams(core_instance_type="c5.xlarge"))
+    with pytest.raises(PlanError, match="cannot size Spark for instance type 'p4d.24xlarge'"):
+        request(RunParams(core_instance_type="p4d.24xlarge"))
+
+
+def test_spot_fleets_are_sized_for_their_smallest_type():
+    config = request(RunParams(core_market="spot", core_instance_type="r5.2xlarge"))
+    assert_valid_run_job_flow(config)
+    spark = {c["Classification"]: c.get("Properties", {}) for c in config["Configurations"]}["spark-defaults"]
+    # The alternatives (m5.xlarge...) are 4 vCPU / 16 GiB: one executor of 4 cores per node, as on m5.xlarge.
+    assert spark["spark.executor.memory"] == "5585m"

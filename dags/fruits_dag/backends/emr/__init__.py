@@ -14,6 +14,7 @@ A run's clusters are found by their tags (``airflow:dag_id``, ``airflow:run_id``
 timeout) stays the last safety net when no task gets to run.
 
 The package, by what each file holds: ``cluster_request`` (the ``RunJobFlow`` arguments and the steps),
+``spark_sizing`` (Spark, YARN and EBS sized for the instance types),
 ``run_clusters`` (the look-up by tags and the termination), ``operators`` (``create_cluster``, ``add_steps``,
 ``terminate_cluster``), ``step_watcher`` (the deferrable step sensor), ``code_store`` (staging to S3).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fruits_dag.backends.emr import spark_sizing
 from fruits_dag.backends.emr.run_clusters import CLUSTER_NAME_PREFIX, DAG_ID_TAG, ENVIRONMENT_TAG, RUN_ID_TAG
 from fruits_dag.params import RunParams
 from fruits_dag.plan import PlanError, RunPlan
@@ -41,6 +42,12 @@ def core_instance_types(settings: Settings, params: RunParams) -> list[str]:
     return types
 
 
+def sizing(settings: Settings, params: RunParams) -> spark_sizing.Sizing:
+    """Spark and YARN sized for the core instance types, at the cluster's largest configured size."""
+    most = params.core_max_instances or params.core_instance_count
+    return spark_sizing.size(core_instance_types(settings, params), settings.emr_primary_instance_type, most)
+
+
 def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
     """``Instances`` of the cluster: instance groups (on-demand core), or instance fleets (Spot core)."""
     if params.core_max_instances is not None and params.core_max_instances < params.core_instance_count:
@@ -49,6 +56,7 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
             f"({params.core_instance_count})"
         )
     core_types = core_instance_types(settings, params)
+    ebs = sizing(settings, params).ebs()
     instances: dict[str, Any]
     if params.core_market == "spot":
         instances = {
@@ -63,7 +71,9 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
                     "Name": "core",
                     "InstanceFleetType": "CORE",
                     "TargetSpotCapacity": params.core_instance_count,
-                    "InstanceTypeConfigs": [{"InstanceType": t, "WeightedCapacity": 1} for t in core_types],
+                    "InstanceTypeConfigs": [
+                        {"InstanceType": t, "WeightedCapacity": 1, "EbsConfiguration": ebs} for t in core_types
+                    ],
                     "LaunchSpecifications": {
                         "SpotSpecification": {
                             "TimeoutDurationMinutes": SPOT_TIMEOUT_MINUTES,
@@ -94,6 +104,7 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
                     "Market": "ON_DEMAND",
                     "InstanceType": params.core_instance_type,
                     "InstanceCount": params.core_instance_count,
+                    "EbsConfiguration": ebs,
                 },
             ]
         }
@@ -151,6 +162,8 @@ def cluster_config(
         "Configurations": [
             # Spark's own Python on EMR 7 is 3.9; the jobs' dependencies are installed for 3.11.
             {"Classification": "spark-env", "Configurations": [{"Classification": "export", "Properties": python}]},
+            # Executors, Python workers, driver and partition counts sized for the instance types (docs/aws.md).
+            *sizing(settings, params).classifications(),
         ],
         "AutoTerminationPolicy": {"IdleTimeout": settings.emr_idle_timeout},
         "ServiceRole": settings.emr_service_role,
