@@ -145,6 +145,7 @@ with DAG(
         )
         for index, name in enumerate(STEP_NAMES)
     ]
-    chain(plan, wait_for_uploads, writer, *setup, *(t for pair in jobs for t in pair))
-    done_writing = BACKEND.teardown(setup, last=jobs[-1][-1])
+    after = BACKEND.after_jobs()
+    chain(plan, wait_for_uploads, writer, *setup, *(t for pair in jobs for t in pair), *after)
+    done_writing = BACKEND.teardown(setup, last=(list(after) or [jobs[-1][-1]])[-1])
     done_writing >> give_back_lease(from_plan("lease_uri")).as_teardown(setups=writer)

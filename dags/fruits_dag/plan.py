@@ -17,6 +17,7 @@ Storage layout (under ``s3://<bucket>/`` or the local root)::
     models/pca/CURRENT, vNNNN/     the PCA model versions and the pointer to the current one (pca.py)
     reports/YYYY-MM-DD/      report.json and plots of the run      (report.py)
     logs/emr/                EMR cluster and step logs (EMR only)
+    logs/spark-events/YYYY-MM-DD/  Spark event logs of the run (EMR only)
     locks/writer.json        the lease of the run writing under this root (fruits_dag.lease)
 """
 
@@ -74,6 +75,10 @@ class Layout:
 
     def report(self, day: dt.date) -> str:
         return self.join("reports", day.isoformat())
+
+    def spark_events(self, day: dt.date) -> str:
+        """Spark's event logs of the run of ``day`` (EMR): what a history server shows after the cluster is gone."""
+        return self.join("logs", "spark-events", day.isoformat())
 
     def lease(self) -> str:
         """The writer's lease: one run at a time writes under the root."""

@@ -6,8 +6,9 @@ Stock moto leaves the first step RUNNING and the others PENDING forever and does
 so that, each time a client looks at a cluster's steps (``DescribeStep``, ``ListSteps``):
 
 * the running step completes once it has run ``step_seconds``, and the next pending step starts;
-* a completing step writes its job's ``_SUCCESS`` markers into moto's S3, where the job contract puts them
-  (the jobs do not run: nothing else is written);
+* a completing step writes its job's ``_SUCCESS`` markers into moto's S3, where the job contract puts them,
+  and the report step its ``report.json`` (:attr:`EmrEmulator.report`: figures a test chooses); the jobs do not
+  run: nothing else is written;
 * a step named in :attr:`EmrEmulator.fail_steps` ends FAILED instead (with no ``FailureDetails``, like moto), and
   the later steps are CANCELLED as ``ActionOnFailure=CANCEL_AND_WAIT`` does; the cluster goes back to WAITING;
 * a step named in :attr:`EmrEmulator.silent_steps` COMPLETES without writing its markers (a job that exits 0
@@ -70,6 +71,15 @@ def job_markers(args: list[str]) -> list[str]:
     return [f"{options['--output']}/_SUCCESS"]
 
 
+def job_report(args: list[str]) -> str | None:
+    """Where a report step writes its ``report.json`` (the job contract), or None for the other jobs."""
+    script_index = next((i for i, a in enumerate(args) if a.endswith(".py")), None)
+    if script_index is None or not args[script_index].endswith("/report.py"):
+        return None
+    job_args = args[script_index + 1 :]
+    return f"{job_args[job_args.index('--output') + 1]}/report.json"
+
+
 class EmrEmulator:
     """Installs the step behaviour described in the module docstring; use as a context manager."""
 
@@ -77,6 +87,8 @@ class EmrEmulator:
         self.step_seconds = step_seconds
         self.fail_steps: set[str] = set()
         self.silent_steps: set[str] = set()
+        # What the report step "writes" as report.json: a night that read and kept two photos, unless a test says.
+        self.report: dict[str, Any] = {"images_read": 2, "kept": 2, "rejected": 0, "pca_refitted": False}
         self.run_job_flow_requests: list[dict[str, Any]] = []
         self.calls: list[tuple[str, int]] = []
         self.described: list[str] = []  # the ClusterId of every DescribeCluster, in order
@@ -220,6 +232,10 @@ class EmrEmulator:
     def _write_markers(self, cluster: emr_models.Cluster, step: emr_models.Step) -> None:
         backend = cluster.emr_backend
         s3 = s3_backends[backend.account_id][backend.partition]
+        report = job_report(step.args)
+        if report:  # before the marker, as the job writes it
+            bucket, key = report.removeprefix("s3://").split("/", 1)
+            s3.put_object(bucket, key, json.dumps(self.report).encode())
         for uri in job_markers(step.args):
             bucket, key = uri.removeprefix("s3://").split("/", 1)
             s3.put_object(bucket, key, b"")

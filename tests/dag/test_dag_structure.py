@@ -26,10 +26,11 @@ EMR_ORDER = [
     "pca_success",
     "report_step",
     "report_success",
+    "publish_metrics",
     "terminate_cluster",
     "give_back_lease",
 ]
-LOCAL_ORDER = [t for t in EMR_ORDER if t not in ("create_cluster", "add_steps", "terminate_cluster")]
+LOCAL_ORDER = [t for t in EMR_ORDER if t not in ("create_cluster", "add_steps", "publish_metrics", "terminate_cluster")]
 TEARDOWNS = {"terminate_cluster", "give_back_lease"}
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:fruits-ops"
 SENSORS = ["wait_for_uploads", "clean_success", "embed_success", "pca_success", "report_success"]
@@ -147,7 +148,7 @@ def test_emr_task_order_and_trigger_rules(emr_dag):
     # Nothing skips a step: every task but the teardowns has exactly its predecessor upstream.
     for upstream, downstream in zip(EMR_ORDER[:-3], EMR_ORDER[1:-2], strict=False):
         assert tasks[downstream].upstream_task_ids == {upstream}, downstream
-    assert tasks["terminate_cluster"].upstream_task_ids == {"report_success", "create_cluster"}
+    assert tasks["terminate_cluster"].upstream_task_ids == {"publish_metrics", "create_cluster"}
     # The lease goes back once the cluster is gone: nothing of the run writes after that.
     assert tasks["give_back_lease"].upstream_task_ids == {"terminate_cluster", "take_lease"}
     assert tasks["create_cluster"].is_setup and tasks["take_lease"].is_setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 import zipfile
@@ -37,6 +38,8 @@ CODE_FILES = {
 }
 ARTIFACTS = f"s3://{BUCKET}/code/artifacts"
 CONF = {"core_instance_count": 3, "core_instance_type": "m5.2xlarge", "pca_k": 50}
+# What the report step "writes": a night that read 10 photos, kept 6 and rejected 4; no refit, a measured drift.
+REPORT = {"images_read": 10, "kept": 6, "rejected": 4, "pca_refitted": False, "pca_drift": {"drift": 0.012}}
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -75,6 +78,7 @@ def happy_run(moto_endpoint, weights, boto):
     prepare_bucket(boto)
     ops = OpsTopic(boto)
     with EmrEmulator() as emr:
+        emr.report = REPORT
         result = dags_test(DATE, ops.told(pipeline_env(moto_endpoint, weights)), conf=CONF)
     assert result.returncode == 0, result.explain() + result.output[-6000:]
     clusters = boto("emr").list_clusters()["Clusters"]
@@ -85,8 +89,41 @@ def happy_run(moto_endpoint, weights, boto):
 def test_happy_path_runs_every_task(happy_run):
     result, _, _ = happy_run
     assert set(result.states.values()) == {"success"}, result.states
-    assert len(result.states) == 15
+    assert len(result.states) == 16
     assert result.alerts == []  # a good night tells nobody anything
+
+
+def test_the_runs_figures_reach_cloudwatch_under_its_environment(happy_run, boto):
+    cloudwatch = boto("cloudwatch")
+    env = [{"Name": "Environment", "Value": BUCKET}]  # fruits_environment: by default the bucket
+
+    def latest(name: str, dimensions: list[dict[str, str]] = env) -> float:
+        stats = cloudwatch.get_metric_statistics(
+            Namespace="FruitsPipeline",
+            MetricName=name,
+            Dimensions=dimensions,
+            StartTime=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+            EndTime=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+            Period=3600,
+            Statistics=["Maximum"],
+        )["Datapoints"]
+        assert len(stats) == 1, (name, stats)
+        return stats[0]["Maximum"]
+
+    assert (latest("ImagesRead"), latest("Kept"), latest("Rejected")) == (10, 6, 4)
+    assert latest("RejectedShare") == pytest.approx(0.4)
+    assert (latest("NothingKept"), latest("PcaRefitted")) == (0, 0)
+    assert latest("PcaDrift") == pytest.approx(0.012)
+    for job in STEPS:
+        assert latest("JobSeconds", [*env, {"Name": "Job", "Value": job}]) >= 0
+
+
+def test_spark_writes_its_event_logs_under_the_runs_prefix(happy_run):
+    _, emr, _ = happy_run
+    (request,) = emr.run_job_flow_requests
+    spark = {c["Classification"]: c.get("Properties", {}) for c in request["Configurations"]}["spark-defaults"]
+    assert spark["spark.eventLog.enabled"] == "true"
+    assert spark["spark.eventLog.dir"] == f"s3://{BUCKET}/logs/spark-events/{DATE}"
 
 
 def test_the_writer_lease_is_taken_before_the_cluster_and_given_back_after_it(happy_run, boto):

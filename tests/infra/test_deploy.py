@@ -34,7 +34,9 @@ def stack(aws_env: Any) -> Iterator[dict[str, Any]]:
     """One stack deployed with the CLI (new VPC, no budget: moto has no AWS::Budgets::Budget), removed afterwards."""
     names = {"stack": "fruits-module", "bucket": "fruits-module-bucket"}
     guard = aws_env.guard(names["stack"])
-    assert deploy.main(["deploy", *guard, "--bucket", names["bucket"], "--no-budget-alarm", "--skip-cost-tag"]) == 0
+    # moto's CloudFormation has no AWS::Budgets::Budget nor AWS::CloudWatch::Alarm: both left out.
+    options = ["--no-budget-alarm", "--parameter", "CreateRunAlarms=false", "--skip-cost-tag"]
+    assert deploy.main(["deploy", *guard, "--bucket", names["bucket"], *options]) == 0
     yield {**names, "outputs": deploy.stack_outputs(aws_env.client("cloudformation"), names["stack"])}
     assert deploy.main(["destroy", *guard, "--delete-bucket"]) == 0
 
@@ -46,12 +48,13 @@ def test_every_resource_of_the_template_is_deployed(moto: Any, stack: dict[str, 
     assert description["StackStatus"] == "CREATE_COMPLETE"
     summaries = cfn.list_stack_resources(StackName=stack["stack"])["StackResourceSummaries"]
     deployed = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in summaries if r["LogicalResourceId"]}
-    expected = _template_resources(template, {"WithBudget": False, "CreateNetwork": True, "WithAlertEmail": False})
+    conditions = {"WithBudget": False, "CreateNetwork": True, "WithAlertEmail": False, "WithRunAlarms": False}
+    expected = _template_resources(template, conditions)
     assert set(deployed) == expected
     assert all(deployed.values())
-    # moto lists each resource a false condition left out as a blank entry: the budget alarm's four and the ops
-    # topic's e-mail subscription (no AlertEmail given), no more.
-    assert len(summaries) - len(deployed) == len(template["Resources"]) - len(expected) == 5
+    # moto lists each resource a false condition left out as a blank entry: the budget alarm's four, the ops
+    # topic's e-mail subscription (no AlertEmail given) and the two run alarms, no more.
+    assert len(summaries) - len(deployed) == len(template["Resources"]) - len(expected) == 7
     assert {"Key": "project", "Value": "fruits"} in description["Tags"]
     # Outside the stack: EMR's service-linked role, which Airflow would otherwise need the right to create.
     linked = moto.client("iam").list_roles(PathPrefix="/aws-service-role/elasticmapreduce.amazonaws.com/")["Roles"]

@@ -238,3 +238,45 @@ def test_outputs_are_the_dag_variables(template: dict[str, Any]) -> None:
     dag_settings.load(dict.fromkeys(named.values(), "") | {"fruits_bucket": "fruits-names"})
     # Every setting that names an AWS resource of the stack is among them.
     assert {"fruits_bucket", "fruits_emr_service_role", "fruits_emr_instance_profile"} <= set(named.values())
+
+
+def test_the_run_alarms_watch_what_the_dag_publishes_and_tell_the_ops_topic(template: dict[str, Any]) -> None:
+    """moto's CloudFormation has no AWS::CloudWatch::Alarm: the alarms are checked here, against the metrics
+    fruits_dag/metrics.py puts (a run read 10, kept 0, rejected 10) and CloudWatch's PutMetricAlarm model."""
+    import datetime as dt
+
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    from fruits_dag import metrics
+
+    published = metrics.run_metrics({"images_read": 10, "kept": 0, "rejected": 10}, {}, "b", dt.datetime.now(dt.UTC))
+    values = {d["MetricName"]: d["Value"] for d in published}
+    resources = template["Resources"]
+    alarms = {name: r for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert set(alarms) == {"NothingKeptAlarm", "RejectedShareAlarm"}
+    model = botocore.session.get_session().get_service_model("cloudwatch").operation_model("PutMetricAlarm")
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert alarm["Condition"] == "WithRunAlarms"
+        assert props["Namespace"] == metrics.NAMESPACE and props["MetricName"] in values
+        assert props["AlarmActions"] == [{"Ref": "OpsTopic"}] and props["TreatMissingData"] == "notBreaching"
+        (dimension,) = props["Dimensions"]
+        # The DAG's default environment is the bucket (fruits_environment), the template's too.
+        assert dimension["Name"] == "Environment"
+        assert dimension["Value"] == {"Fn::If": ["DefaultEnvironment", {"Ref": "BucketName"}, {"Ref": "Environment"}]}
+        concrete = {
+            **{k: v for k, v in props.items() if not isinstance(v, (dict, list))},
+            "AlarmName": name,
+            "Dimensions": [{"Name": "Environment", "Value": "b"}],
+            "AlarmActions": ["arn:aws:sns:eu-west-1:123456789012:ops"],
+            "Threshold": 0.5 if props["Threshold"] == {"Ref": "RejectedShareThreshold"} else props["Threshold"],
+        }
+        report = ParamValidator().validate(concrete, model.input_shape)
+        assert not report.has_errors(), report.generate_report()
+        # That night breaches both.
+        breach = values[props["MetricName"]] >= concrete["Threshold"]
+        if props["ComparisonOperator"] == "GreaterThanThreshold":
+            breach = values[props["MetricName"]] > concrete["Threshold"]
+        assert breach, name
+    assert template["Parameters"]["RejectedShareThreshold"]["Default"] == 0.5

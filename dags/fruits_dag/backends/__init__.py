@@ -145,6 +145,10 @@ class Backend(ABC):
     def job_task(self, name: str, index: int) -> BaseOperator:
         """The task that runs job ``name`` (the ``index``-th of the plan) and returns ``{"started": ISO time}``."""
 
+    def after_jobs(self) -> Sequence[BaseOperator]:
+        """Tasks after the last job's output is confirmed, before the teardown (none by default)."""
+        return ()
+
     def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> BaseOperator:
         """Tasks that must run after ``last`` whatever happened (nothing by default); returns the task after
         which the run writes nothing more (its lease may be given back then)."""

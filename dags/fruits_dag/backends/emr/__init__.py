@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, task
 
-from fruits_dag import alerts, artifacts, backends
+from fruits_dag import alerts, artifacts, backends, metrics
 from fruits_dag.backends.emr.cluster_request import cluster_config, core_instance_types, emr_steps, instances_config
 from fruits_dag.backends.emr.code_store import REFRESH_AFTER_DAYS, S3CodeStore
 from fruits_dag.backends.emr.operators import (
@@ -44,7 +44,7 @@ from fruits_dag.backends.emr.step_watcher import EmrStepWatcher
 from fruits_dag.bundle import REQUIREMENTS, Bundle, BundleFile, build_bundle, stage_file
 from fruits_dag.lease import S3LeaseStore
 from fruits_dag.params import RunParams
-from fruits_dag.plan import Layout, PlanError, RunPlan
+from fruits_dag.plan import STEP_NAMES, Layout, PlanError, RunPlan
 from fruits_dag.settings import AWS_CONN_ID
 
 __all__ = [
@@ -177,7 +177,11 @@ class EmrBackend(backends.Backend):
             execution_timeout=dt.timedelta(seconds=self.settings.sensor_timeout + 600),
         )
 
-    def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> None:
+    def after_jobs(self) -> Sequence[BaseOperator]:
+        # The run's figures to CloudWatch, for the stack's alarms (fruits_dag/metrics.py).
+        return (publish_metrics(backends.from_plan("report_summary"), backends.from_plan("environment")),)
+
+    def teardown(self, setup: Sequence[BaseOperator], last: BaseOperator) -> BaseOperator:
         terminate_cluster = EmrTerminateRunClusters(
             task_id="terminate_cluster",
             aws_conn_id=AWS_CONN_ID,
@@ -191,6 +195,13 @@ class EmrBackend(backends.Backend):
 
 
 BACKEND = EmrBackend
+
+
+@task
+def publish_metrics(report_uri: str, environment: str, **context: Any) -> int:
+    """Put the run's figures (its report, its steps' durations) to CloudWatch; returns how many."""
+    steps = {name: context["ti"].xcom_pull(task_ids=f"{name}_step") or {} for name in STEP_NAMES}
+    return len(metrics.publish(report_uri, steps, environment, AWS_CONN_ID))
 
 
 class S3UploadsSensor(alerts.UploadsWait, S3KeySensor):

@@ -8,7 +8,7 @@ from typing import Any
 from fruits_dag.backends.emr import spark_sizing
 from fruits_dag.backends.emr.run_clusters import CLUSTER_NAME_PREFIX, DAG_ID_TAG, ENVIRONMENT_TAG, RUN_ID_TAG
 from fruits_dag.params import RunParams
-from fruits_dag.plan import PlanError, RunPlan
+from fruits_dag.plan import Layout, PlanError, RunPlan
 from fruits_dag.settings import Settings
 
 # A failed step cancels the later ones and leaves the cluster up for the teardown task (and its logs intact).
@@ -163,7 +163,7 @@ def cluster_config(
             # Spark's own Python on EMR 7 is 3.9; the jobs' dependencies are installed for 3.11.
             {"Classification": "spark-env", "Configurations": [{"Classification": "export", "Properties": python}]},
             # Executors, Python workers, driver and partition counts sized for the instance types (docs/aws.md).
-            *sizing(settings, params).classifications(),
+            *sizing(settings, params).classifications(Layout(settings.storage_root).spark_events(day)),
         ],
         "AutoTerminationPolicy": {"IdleTimeout": settings.emr_idle_timeout},
         "ServiceRole": settings.emr_service_role,

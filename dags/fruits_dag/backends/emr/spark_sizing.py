@@ -75,9 +75,12 @@ class Sizing:
     max_result_mib: int
     ebs_gib: int
 
-    def classifications(self) -> list[dict]:
-        """The ``Configurations`` entries of ``RunJobFlow``."""
+    def classifications(self, event_log_dir: str) -> list[dict]:
+        """The ``Configurations`` entries of ``RunJobFlow``; Spark's event logs go to ``event_log_dir``."""
         spark = {
+            # The event logs outlive the transient cluster: a history server reads them from S3 (docs/aws.md).
+            "spark.eventLog.enabled": "true",
+            "spark.eventLog.dir": event_log_dir,
             "spark.executor.cores": str(self.executor_cores),
             "spark.executor.memory": f"{self.executor_memory_mib}m",
             "spark.executor.memoryOverhead": f"{self.executor_overhead_mib}m",
