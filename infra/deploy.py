@@ -48,7 +48,7 @@ OUTPUT_VARIABLES: dict[str, str] = {
     "EmrServiceRoleName": "fruits_emr_service_role",
     "EmrInstanceProfileName": "fruits_emr_instance_profile",
     "EmrLogUri": "fruits_emr_log_uri",
-    "EmrSubnetId": "fruits_emr_subnet_id",
+    "EmrSubnetIds": "fruits_emr_subnet_ids",
     "OpsTopicArn": "fruits_alert_topic_arn",
 }
 # The one output that is not a Variable: what to attach to Airflow's own AWS identity.
@@ -438,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="create the AWS Budget and its alert topic (default: yes on creation, unchanged on update)",
     )
-    up.add_argument("--subnet-id", help="existing subnet, tagged for EMR's managed policy (default: a new VPC)")
+    up.add_argument(
+        "--subnet-ids",
+        help="existing subnets, comma-separated, tagged for EMR's managed policy (default: a new VPC, 2 subnets)",
+    )
     up.add_argument("--airflow-role", help="IAM role of the Airflow workers: attach Airflow's policy to it")
     up.add_argument("--airflow-user", help="IAM user of the aws_default connection: attach Airflow's policy to it")
     up.add_argument(
@@ -466,7 +469,7 @@ def deploy_parameters(args: argparse.Namespace) -> dict[str, str]:
         "AlertEmail": args.email,
         "MonthlyBudget": None if args.budget is None else f"{args.budget:g}",
         "CreateBudget": None if args.budget_alarm is None else str(args.budget_alarm).lower(),
-        "SubnetId": args.subnet_id,
+        "SubnetIds": args.subnet_ids,
         "AirflowRoleName": args.airflow_role,
         "AirflowUserName": args.airflow_user,
     }

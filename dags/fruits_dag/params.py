@@ -16,7 +16,6 @@ from fruits_dag.settings import INSTANCE_TYPE
 
 Mode = Literal["incremental", "full"]
 Refit = Literal["auto", "always", "never"]
-Market = Literal["on_demand", "spot"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ class RunParams:
     pca_refit: Refit = "auto"
     core_instance_count: int = 2
     core_instance_type: str = "m5.xlarge"
-    core_market: Market = "on_demand"
-    core_max_instances: int | None = None
+    spot_task_instances: int = 0
+    max_instances: int | None = None
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> RunParams:
@@ -91,7 +90,8 @@ def dag_params() -> dict[str, Param]:
             minimum=1,
             maximum=50,
             title="EMR core nodes",
-            description_md="Number of EMR core nodes (ignored by the local backend).",
+            description_md="Number of EMR core nodes, always on-demand: they hold YARN's application masters, HDFS "
+            "and the shuffle files, which a Spot interruption would lose (ignored by the local backend).",
         ),
         "core_instance_type": Param(
             default.core_instance_type,
@@ -101,21 +101,25 @@ def dag_params() -> dict[str, Param]:
             description_md="EC2 instance type of the core nodes, e.g. `m5.xlarge`, or Graviton (`m7g.xlarge`): "
             "each node installs the wheelhouse of its own architecture. Ignored by the local backend.",
         ),
-        "core_market": Param(
-            default.core_market,
-            enum=list(get_args(Market)),
-            title="EMR core capacity",
-            description_md="`on_demand`: an instance group of `core_instance_type`; `spot`: an instance fleet of "
-            "Spot capacity (`core_instance_type` and the setting `fruits_emr_spot_instance_types`, "
-            "price-capacity-optimized), switching to on-demand when no Spot capacity comes within 10 minutes.",
+        "spot_task_instances": Param(
+            default.spot_task_instances,
+            type="integer",
+            minimum=0,
+            maximum=100,
+            title="EMR Spot task nodes",
+            description_md="Task nodes on Spot beside the on-demand core: an instance fleet of `core_instance_type` "
+            "and the setting `fruits_emr_spot_instance_types` (same size), price-capacity-optimized, over the "
+            "stack's subnets, taking on-demand when no Spot capacity comes within 10 minutes. Losing one costs its "
+            "running tasks, which Spark retries elsewhere. 0: none.",
         ),
-        "core_max_instances": Param(
-            default.core_max_instances,
+        "max_instances": Param(
+            default.max_instances,
             type=["null", "integer"],
             minimum=1,
             maximum=100,
             title="EMR managed scaling ceiling",
-            description_md="Empty: a fixed cluster. A number: EMR managed scaling may grow the core nodes from "
-            "`core_instance_count` up to this many while the steps need them, and shrink them back.",
+            description_md="Empty: a fixed cluster. A number: EMR managed scaling may add Spot task nodes while the "
+            "steps need them, up to this many core and task nodes in all, and remove them again; the core "
+            "stays at `core_instance_count`.",
         ),
     }

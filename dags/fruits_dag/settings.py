@@ -126,6 +126,14 @@ def _topic_arn(value: str) -> str:
     return value
 
 
+def _subnets(value: str) -> tuple[str, ...]:
+    subnets = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in subnets if not re.fullmatch(r"subnet-[0-9a-f]+", v)]
+    if bad:
+        raise ValueError(f"must be subnet ids separated by commas (subnet-0abc,subnet-0def), got {bad}")
+    return subnets
+
+
 def _count(value: str) -> int:
     try:
         number = int(value)
@@ -265,11 +273,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Instance profile of the cluster's EC2 nodes (`JobFlowRole`).",
     ),
     Setting(
-        "fruits_emr_subnet_id",
-        _text,
-        None,
-        "Subnet of the cluster; the stack of `infra/` makes one tagged for EMR's managed policy "
-        "(`infra/deploy.py` prints it).",
+        "fruits_emr_subnet_ids",
+        _subnets,
+        (),
+        "Subnets of the cluster, comma-separated, in different Availability Zones: an instance fleet cluster (Spot "
+        "task nodes, scaling) is offered them all and launches where there is capacity; instance groups use the "
+        "first. The stack of `infra/` makes two private ones tagged for EMR's managed policy (`infra/deploy.py` "
+        "prints them).",
         shown="(none: EMR's default VPC subnet)",
     ),
     Setting(
@@ -284,8 +294,9 @@ SETTINGS: tuple[Setting, ...] = (
         "fruits_emr_spot_instance_types",
         _instance_types,
         ("m5.xlarge", "m5a.xlarge", "m6i.xlarge", "m6a.xlarge", "m7i.xlarge"),
-        "With the run param `core_market=spot`, the other types the core fleet may launch besides "
-        "`core_instance_type` (same size, one unit each): more pools, fewer interruptions.",
+        "With Spot task nodes (run params `spot_task_instances`, `max_instances`), the other types the core and "
+        "task fleets may launch besides `core_instance_type` (same size, one unit each): more pools, fewer "
+        "interruptions.",
         shown="`m5.xlarge,m5a.xlarge,m6i.xlarge,m6a.xlarge,m7i.xlarge`",
     ),
     Setting(
@@ -373,7 +384,7 @@ class Settings:
     emr_release: str
     emr_service_role: str
     emr_instance_profile: str
-    emr_subnet_id: str | None
+    emr_subnet_ids: tuple[str, ...]
     emr_log_uri: str
     emr_primary_instance_type: str
     emr_spot_instance_types: tuple[str, ...]

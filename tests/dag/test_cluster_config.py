@@ -21,7 +21,7 @@ WHEELHOUSES = {"x86_64": "s3://fruits-prod/code/artifacts/wheelhouse-k-cp311-x86
 
 
 def settings(**variables: str):
-    return load({"fruits_bucket": "fruits-prod", "fruits_emr_subnet_id": "subnet-0abc", **variables})
+    return load({"fruits_bucket": "fruits-prod", "fruits_emr_subnet_ids": "subnet-0abc,subnet-0def", **variables})
 
 
 def request(params: RunParams, wheelhouses=WHEELHOUSES, **variables: str) -> dict:
@@ -49,43 +49,46 @@ def test_the_default_is_on_demand_instance_groups_without_scaling():
     }
 
 
-def test_spot_core_nodes_are_a_fleet_that_falls_back_to_on_demand():
-    config = request(RunParams(core_market="spot", core_instance_count=4, core_instance_type="m6i.xlarge"))
+def test_spot_capacity_is_a_task_fleet_beside_an_on_demand_core_over_both_subnets():
+    config = request(RunParams(spot_task_instances=4, core_instance_count=2, core_instance_type="m6i.xlarge"))
     assert_valid_run_job_flow(config)
     assert "InstanceGroups" not in config["Instances"]
-    assert config["Instances"]["Ec2SubnetIds"] == ["subnet-0abc"]
+    assert config["Instances"]["Ec2SubnetIds"] == ["subnet-0abc", "subnet-0def"]  # EMR picks the zone with capacity
     fleets = {f["InstanceFleetType"]: f for f in config["Instances"]["InstanceFleets"]}
     assert fleets["MASTER"]["TargetOnDemandCapacity"] == 1  # the primary node is never Spot
-    core = fleets["CORE"]
-    assert core["TargetSpotCapacity"] == 4 and "TargetOnDemandCapacity" not in core
-    types = [c["InstanceType"] for c in core["InstanceTypeConfigs"]]
+    # The core (application masters, HDFS, shuffle files) is on-demand only.
+    core, task = fleets["CORE"], fleets["TASK"]
+    assert core["TargetOnDemandCapacity"] == 2 and "TargetSpotCapacity" not in core
+    assert "SpotSpecification" not in core["LaunchSpecifications"]
+    # The elastic work is Spot, over several types, falling back to on-demand.
+    assert task["TargetSpotCapacity"] == 4 and "TargetOnDemandCapacity" not in task
+    types = [c["InstanceType"] for c in task["InstanceTypeConfigs"]]
     assert types[0] == "m6i.xlarge" and len(types) == len(set(types)) == 5  # the param's type, then the others
-    assert {c["WeightedCapacity"] for c in core["InstanceTypeConfigs"]} == {1}
-    spot = core["LaunchSpecifications"]["SpotSpecification"]
+    assert {c["WeightedCapacity"] for c in task["InstanceTypeConfigs"]} == {1}
+    spot = task["LaunchSpecifications"]["SpotSpecification"]
     assert spot["AllocationStrategy"] == "price-capacity-optimized"
     assert (spot["TimeoutAction"], spot["TimeoutDurationMinutes"]) == ("SWITCH_TO_ON_DEMAND", 10)
 
 
-@pytest.mark.parametrize(
-    ("market", "unit", "on_demand"), [("on_demand", "Instances", 8), ("spot", "InstanceFleetUnits", 0)]
-)
-def test_managed_scaling_grows_the_core_nodes_up_to_the_ceiling(market, unit, on_demand):
-    config = request(RunParams(core_market=market, core_instance_count=2, core_max_instances=8))
+def test_managed_scaling_adds_spot_task_units_and_keeps_the_core():
+    config = request(RunParams(core_instance_count=2, max_instances=8))
     assert_valid_run_job_flow(config)
+    fleets = {f["InstanceFleetType"]: f for f in config["Instances"]["InstanceFleets"]}
+    assert fleets["TASK"]["TargetSpotCapacity"] == 0  # scaling adds them when the steps need them
     assert config["ManagedScalingPolicy"] == {
         "ComputeLimits": {
-            "UnitType": unit,
+            "UnitType": "InstanceFleetUnits",
             "MinimumCapacityUnits": 2,
             "MaximumCapacityUnits": 8,
-            "MaximumCoreCapacityUnits": 8,
-            "MaximumOnDemandCapacityUnits": on_demand,
+            "MaximumCoreCapacityUnits": 2,
+            "MaximumOnDemandCapacityUnits": 2,
         }
     }
 
 
-def test_a_ceiling_below_the_core_count_is_refused():
-    with pytest.raises(PlanError, match="core_max_instances"):
-        request(RunParams(core_instance_count=4, core_max_instances=3))
+def test_a_ceiling_below_the_starting_nodes_is_refused():
+    with pytest.raises(PlanError, match="max_instances"):
+        request(RunParams(core_instance_count=2, spot_task_instances=2, max_instances=3))
 
 
 def test_each_architecture_of_the_cluster_gets_its_wheelhouse():
@@ -99,7 +102,7 @@ def test_each_architecture_of_the_cluster_gets_its_wheelhouse():
 
 
 def test_moto_accepts_the_spot_request(boto):
-    config = request(RunParams(core_market="spot", core_max_instances=6))
+    config = request(RunParams(spot_task_instances=2, max_instances=6))
     cluster = boto("emr").run_job_flow(**config)["JobFlowId"]
     described = boto("emr").describe_cluster(ClusterId=cluster)["Cluster"]
     assert described["Name"] == "fruits-pipeline-2026-05-01"
@@ -127,7 +130,7 @@ def docs_sizing_table() -> dict[str, dict[str, str]]:
 @pytest.mark.parametrize("core_type", ["m5.xlarge", "r5.2xlarge"])
 def test_spark_is_sized_for_the_instance_type_as_docs_aws_md_computes_it(core_type):
     documented = docs_sizing_table()[core_type]
-    config = request(RunParams(core_instance_type=core_type, core_instance_count=2, core_max_instances=10))
+    config = request(RunParams(core_instance_type=core_type, core_instance_count=10))
     assert_valid_run_job_flow(config)
     classes = {c["Classification"]: c.get("Properties", {}) for c in config["Configurations"]}
     spark, yarn = classes["spark-defaults"], classes["yarn-site"]
@@ -167,7 +170,7 @@ def test_a_core_type_too_small_for_the_workers_is_refused_with_the_reason():
 
 
 def test_spot_fleets_are_sized_for_their_smallest_type():
-    config = request(RunParams(core_market="spot", core_instance_type="r5.2xlarge"))
+    config = request(RunParams(spot_task_instances=2, core_instance_type="r5.2xlarge"))
     assert_valid_run_job_flow(config)
     spark = {c["Classification"]: c.get("Properties", {}) for c in config["Configurations"]}["spark-defaults"]
     # The alternatives (m5.xlarge...) are 4 vCPU / 16 GiB: one executor of 4 cores per node, as on m5.xlarge.

@@ -220,8 +220,8 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         "pca_refit": "auto",
         "core_instance_count": 2,
         "core_instance_type": "m5.xlarge",
-        "core_market": "on_demand",
-        "core_max_instances": None,
+        "spot_task_instances": 0,
+        "max_instances": None,
     }
     for name, bad in [
         ("mode", "everything"),
@@ -231,8 +231,8 @@ def test_params_are_validated_with_clear_messages(emr_dag):
         ("core_instance_type", "big one"),
         ("pca_refit", "sometimes"),
         ("input_uri", ""),
-        ("core_market", "reserved"),
-        ("core_max_instances", 0),
+        ("spot_task_instances", -1),
+        ("max_instances", 0),
     ]:
         params = copy.deepcopy(emr_dag.params)
         with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}"):

@@ -133,13 +133,26 @@ def test_roles_and_policies_name_only_this_bucket(moto: Any, stack: dict[str, An
     assert [r["RoleName"] for r in profile["Roles"]] == [nodes_role]  # EMR wants one name for both
 
 
-def test_network_is_tagged_for_the_emr_managed_policy(moto: Any, stack: dict[str, Any]) -> None:
+def test_network_is_two_private_subnets_in_two_zones_tagged_for_emr(moto: Any, stack: dict[str, Any]) -> None:
     ec2 = moto.client("ec2")
-    subnet = ec2.describe_subnets(SubnetIds=[stack["outputs"]["EmrSubnetId"]])["Subnets"][0]
-    vpc = ec2.describe_vpcs(VpcIds=[subnet["VpcId"]])["Vpcs"][0]
+    ids = stack["outputs"]["EmrSubnetIds"].split(",")
+    subnets = ec2.describe_subnets(SubnetIds=ids)["Subnets"]
+    assert len(subnets) == 2 and len({s["AvailabilityZone"] for s in subnets}) == 2
+    (vpc_id,) = {s["VpcId"] for s in subnets}
+    vpc = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0]
     tag = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
-    assert tag in subnet["Tags"] and tag in vpc["Tags"]
-    assert subnet["MapPublicIpOnLaunch"] is True
+    assert tag in vpc["Tags"] and all(tag in s["Tags"] for s in subnets)
+    # Private: no way to the internet; S3 through the gateway endpoint of their route table. (No public IPs:
+    # moto's CloudFormation ignores MapPublicIpOnLaunch, test_template.py checks it.)
+    assert not ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])[
+        "InternetGateways"
+    ]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": ids}])["RouteTables"]
+    routes = [r for t in tables for r in t["Routes"]]
+    assert not [r for r in routes if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["VpcEndpoints"]
+    assert [(e["ServiceName"], e["VpcEndpointType"]) for e in endpoints] == [("com.amazonaws.eu-west-1.s3", "Gateway")]
+    assert {t["RouteTableId"] for t in tables} <= set(endpoints[0]["RouteTableIds"])
 
 
 def test_outputs_feed_the_dag_settings(
@@ -154,11 +167,11 @@ def test_outputs_feed_the_dag_settings(
     assert settings.emr_service_role == outputs["EmrServiceRoleName"]
     assert settings.emr_instance_profile == outputs["EmrInstanceProfileName"]
     assert settings.emr_log_uri == f"s3://{stack['bucket']}/logs/emr/"
-    assert settings.emr_subnet_id == outputs["EmrSubnetId"]
+    assert ",".join(settings.emr_subnet_ids) == outputs["EmrSubnetIds"]
     # The names resolve in the account: the role, the instance profile and the subnet exist.
     moto.client("iam").get_role(RoleName=settings.emr_service_role)
     moto.client("iam").get_instance_profile(InstanceProfileName=settings.emr_instance_profile)
-    moto.client("ec2").describe_subnets(SubnetIds=[settings.emr_subnet_id])
+    moto.client("ec2").describe_subnets(SubnetIds=list(settings.emr_subnet_ids))
 
     assert cli("outputs", stack=stack["stack"]) == 0
     printed = capsys.readouterr().out
@@ -255,7 +268,7 @@ def test_destroy_removes_the_stack_and_keeps_the_data(
     s3_backends[moto.account]["aws"].put_object(names["bucket"], "stages/pca/_SUCCESS", b"")
     # What a cluster leaves in the VPC: EMR's two security groups, referencing each other.
     ec2 = moto.client("ec2")
-    vpc_id = ec2.describe_subnets(SubnetIds=[outputs["EmrSubnetId"]])["Subnets"][0]["VpcId"]
+    vpc_id = ec2.describe_subnets(SubnetIds=outputs["EmrSubnetIds"].split(","))["Subnets"][0]["VpcId"]
     groups = [
         ec2.create_security_group(GroupName=f"ElasticMapReduce-{role}", Description="EMR", VpcId=vpc_id)["GroupId"]
         for role in ("master", "slave")
@@ -304,11 +317,11 @@ def test_existing_subnet_and_airflow_role(
     iam.create_role(RoleName=worker_role, AssumeRolePolicyDocument=trust)
 
     options = ["--bucket", names["bucket"], "--email", "ops@example.com", "--budget", "20", "--no-budget-alarm"]
-    options += ["--subnet-id", subnet, "--airflow-role", worker_role]
+    options += ["--subnet-ids", subnet, "--airflow-role", worker_role]
     assert cli("deploy", *options, stack=names["stack"]) == 0
     cfn = moto.client("cloudformation")
     outputs = deploy.stack_outputs(cfn, names["stack"])
-    assert outputs["EmrSubnetId"] == subnet
+    assert outputs["EmrSubnetIds"] == subnet
     resources = cfn.list_stack_resources(StackName=names["stack"])["StackResourceSummaries"]
     assert not [r for r in resources if r["ResourceType"].startswith("AWS::EC2::")]  # no network of its own
     attached = iam.list_attached_role_policies(RoleName=worker_role)["AttachedPolicies"]

@@ -280,3 +280,18 @@ def test_the_run_alarms_watch_what_the_dag_publishes_and_tell_the_ops_topic(temp
             breach = values[props["MetricName"]] > concrete["Threshold"]
         assert breach, name
     assert template["Parameters"]["RejectedShareThreshold"]["Default"] == 0.5
+
+
+def test_the_clusters_network_is_private_over_two_zones(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    subnets = {n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::EC2::Subnet"}
+    assert set(subnets) == {"Subnet", "Subnet2"}
+    assert [p["AvailabilityZone"] for p in subnets.values()] == [
+        {"Fn::Select": [0, {"Fn::GetAZs": ""}]},
+        {"Fn::Select": [1, {"Fn::GetAZs": ""}]},
+    ]
+    assert all(p["MapPublicIpOnLaunch"] is False for p in subnets.values())
+    kinds = {r["Type"] for r in resources.values()}
+    assert not kinds & {"AWS::EC2::InternetGateway", "AWS::EC2::NatGateway", "AWS::EC2::Route", "AWS::EC2::EIP"}
+    output = template["Outputs"]["EmrSubnetIds"]["Value"]
+    assert output["Fn::If"][1] == {"Fn::Join": [",", [{"Ref": "Subnet"}, {"Ref": "Subnet2"}]]}

@@ -35,30 +35,35 @@ def emr_steps(plan: RunPlan) -> list[dict[str, Any]]:
 
 
 def core_instance_types(settings: Settings, params: RunParams) -> list[str]:
-    """The instance types the core nodes may have: the param's, and with Spot the Variable's alternatives."""
+    """The instance types the worker nodes may have: the param's, and with Spot task nodes (or scaling, which adds
+    them) the setting's alternatives of the same size."""
     types = [params.core_instance_type]
-    if params.core_market == "spot":
+    if params.spot_task_instances or params.max_instances is not None:
         types += [t for t in settings.emr_spot_instance_types if t != params.core_instance_type]
     return types
 
 
 def sizing(settings: Settings, params: RunParams) -> spark_sizing.Sizing:
-    """Spark and YARN sized for the core instance types, at the cluster's largest configured size."""
-    most = params.core_max_instances or params.core_instance_count
+    """Spark and YARN sized for the worker instance types, at the cluster's largest configured size."""
+    most = params.max_instances or params.core_instance_count + params.spot_task_instances
     return spark_sizing.size(core_instance_types(settings, params), settings.emr_primary_instance_type, most)
 
 
 def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
-    """``Instances`` of the cluster: instance groups (on-demand core), or instance fleets (Spot core)."""
-    if params.core_max_instances is not None and params.core_max_instances < params.core_instance_count:
+    """``Instances`` of the cluster: instance groups (an on-demand core only), or instance fleets (an on-demand
+    core fleet and a Spot task fleet, over every subnet of the setting: EMR launches in the one with capacity)."""
+    workers = params.core_instance_count + params.spot_task_instances
+    if params.max_instances is not None and params.max_instances < workers:
         raise PlanError(
-            f"param core_max_instances ({params.core_max_instances}) is below core_instance_count "
-            f"({params.core_instance_count})"
+            f"param max_instances ({params.max_instances}) is below core_instance_count + spot_task_instances "
+            f"({workers})"
         )
-    core_types = core_instance_types(settings, params)
     ebs = sizing(settings, params).ebs()
+    subnets = list(settings.emr_subnet_ids)
     instances: dict[str, Any]
-    if params.core_market == "spot":
+    if params.spot_task_instances or params.max_instances is not None:
+        types = core_instance_types(settings, params)
+        configs = [{"InstanceType": t, "WeightedCapacity": 1, "EbsConfiguration": ebs} for t in types]
         instances = {
             "InstanceFleets": [
                 {
@@ -68,12 +73,19 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
                     "InstanceTypeConfigs": [{"InstanceType": settings.emr_primary_instance_type}],
                 },
                 {
+                    # The state (application masters, HDFS, shuffle files) on capacity that is not taken back.
                     "Name": "core",
                     "InstanceFleetType": "CORE",
-                    "TargetSpotCapacity": params.core_instance_count,
-                    "InstanceTypeConfigs": [
-                        {"InstanceType": t, "WeightedCapacity": 1, "EbsConfiguration": ebs} for t in core_types
-                    ],
+                    "TargetOnDemandCapacity": params.core_instance_count,
+                    "InstanceTypeConfigs": configs,
+                    "LaunchSpecifications": {"OnDemandSpecification": {"AllocationStrategy": "lowest-price"}},
+                },
+                {
+                    # The elastic work: a lost node costs its running tasks, retried on the others.
+                    "Name": "task",
+                    "InstanceFleetType": "TASK",
+                    "TargetSpotCapacity": params.spot_task_instances,
+                    "InstanceTypeConfigs": configs,
                     "LaunchSpecifications": {
                         "SpotSpecification": {
                             "TimeoutDurationMinutes": SPOT_TIMEOUT_MINUTES,
@@ -86,8 +98,8 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
                 },
             ]
         }
-        if settings.emr_subnet_id:
-            instances["Ec2SubnetIds"] = [settings.emr_subnet_id]
+        if subnets:
+            instances["Ec2SubnetIds"] = subnets
     else:
         instances = {
             "InstanceGroups": [
@@ -108,24 +120,23 @@ def instances_config(settings: Settings, params: RunParams) -> dict[str, Any]:
                 },
             ]
         }
-        if settings.emr_subnet_id:
-            instances["Ec2SubnetId"] = settings.emr_subnet_id
+        if subnets:
+            instances["Ec2SubnetId"] = subnets[0]  # instance groups take one subnet
     # Steps are added after creation; the teardown task (or the idle timeout) ends the cluster.
     return {**instances, "KeepJobFlowAliveWhenNoSteps": True, "TerminationProtected": False}
 
 
 def managed_scaling(params: RunParams) -> dict[str, Any] | None:
-    """``ManagedScalingPolicy``: core nodes between ``core_instance_count`` and ``core_max_instances``."""
-    if params.core_max_instances is None:
+    """``ManagedScalingPolicy``: Spot task units added up to ``max_instances`` nodes in all; the core stays."""
+    if params.max_instances is None:
         return None
-    fleets = params.core_market == "spot"
     limits = {
-        "UnitType": "InstanceFleetUnits" if fleets else "Instances",
-        "MinimumCapacityUnits": params.core_instance_count,
-        "MaximumCapacityUnits": params.core_max_instances,
-        "MaximumCoreCapacityUnits": params.core_max_instances,
-        # With Spot, scaling adds Spot units only; on-demand, every unit is on-demand.
-        "MaximumOnDemandCapacityUnits": 0 if fleets else params.core_max_instances,
+        "UnitType": "InstanceFleetUnits",
+        "MinimumCapacityUnits": params.core_instance_count + params.spot_task_instances,
+        "MaximumCapacityUnits": params.max_instances,
+        "MaximumCoreCapacityUnits": params.core_instance_count,
+        # Only the core is on-demand: whatever scaling adds is Spot.
+        "MaximumOnDemandCapacityUnits": params.core_instance_count,
     }
     return {"ComputeLimits": limits}
 
