@@ -50,6 +50,7 @@ OUTPUT_VARIABLES: dict[str, str] = {
     "EmrLogUri": "fruits_emr_log_uri",
     "EmrSubnetIds": "fruits_emr_subnet_ids",
     "OpsTopicArn": "fruits_alert_topic_arn",
+    "EmrSecurityConfigurationName": "fruits_emr_security_configuration",
 }
 # The one output that is not a Variable: what to attach to Airflow's own AWS identity.
 AIRFLOW_POLICY_OUTPUT = "AirflowPolicyArn"

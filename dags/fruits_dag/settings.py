@@ -289,6 +289,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Where EMR writes cluster, step and container logs (`LogUri`).",
         shown="`s3://<fruits_bucket>/logs/emr/`",
     ),
+    Setting(
+        "fruits_emr_security_configuration",
+        _text,
+        None,
+        "EMR security configuration every cluster uses (`SecurityConfiguration`): the stack's encrypts local disks "
+        "and EBS with its KMS key, EMRFS data with SSE-S3, and traffic between nodes when given certificates.",
+        shown="(none)",
+    ),
     Setting("fruits_emr_primary_instance_type", _text, "m5.xlarge", "Instance type of the primary node."),
     Setting(
         "fruits_emr_spot_instance_types",
@@ -386,6 +394,7 @@ class Settings:
     emr_instance_profile: str
     emr_subnet_ids: tuple[str, ...]
     emr_log_uri: str
+    emr_security_configuration: str | None
     emr_primary_instance_type: str
     emr_spot_instance_types: tuple[str, ...]
     alert_topic_arn: str | None

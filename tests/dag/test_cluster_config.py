@@ -101,6 +101,14 @@ def test_each_architecture_of_the_cluster_gets_its_wheelhouse():
     ]
 
 
+def test_every_cluster_names_the_security_configuration():
+    assert "SecurityConfiguration" not in request(RunParams())
+    for params in (RunParams(), RunParams(spot_task_instances=2)):
+        config = request(params, fruits_emr_security_configuration="fruits-pipeline-emr")
+        assert_valid_run_job_flow(config)
+        assert config["SecurityConfiguration"] == "fruits-pipeline-emr"
+
+
 def test_moto_accepts_the_spot_request(boto):
     config = request(RunParams(spot_task_instances=2, max_instances=6))
     cluster = boto("emr").run_job_flow(**config)["JobFlowId"]

@@ -4,13 +4,14 @@ moto's CloudFormation creates a template's resources through its own models and 
 know (a warning, and the stack still reaches CREATE_COMPLETE). For this template that means, on AWS vs. moto:
 
 * ``AWS::S3::Bucket``: moto applies ``BucketEncryption`` and ``Tags`` only; ``PublicAccessBlockConfiguration``,
-  ``OwnershipControls`` and ``LifecycleConfiguration`` are dropped.
+  ``OwnershipControls``, ``VersioningConfiguration`` and ``LifecycleConfiguration`` are dropped.
 * ``AWS::S3::BucketPolicy``: no model at all.
 * ``AWS::IAM::Role``: ``ManagedPolicyArns`` is ignored, and inline ``Policies`` come back from GetRolePolicy as
   Python reprs instead of JSON.
 * ``AWS::IAM::ManagedPolicy`` has no update: an update that touches it loses it.
 * Stack deletion: moto has no delete for managed policies, route tables, internet gateways, their attachments or
-  VPC endpoints: the policy stays, and deleting the VPC fails with DependencyViolation.
+  VPC endpoints: the policy stays, and deleting the VPC fails with DependencyViolation. ``AWS::EMR::
+  SecurityConfiguration``'s delete reads its ``Name`` unresolved (an ``Fn::Sub`` dict) and fails.
 
 :class:`MotoCloudFormationCompletion` makes moto's CloudFormation do those things through moto's own S3, IAM and EC2
 backends, with the values CloudFormation resolved from the template (the calls the AWS API would receive), so that
@@ -31,6 +32,7 @@ from moto.ec2.models.internet_gateways import InternetGateway
 from moto.ec2.models.route_tables import RouteTable
 from moto.ec2.models.vpcs import VPCEndPoint
 from moto.ec2.models.vpn_gateway import VPCGatewayAttachment
+from moto.emr.models import SecurityConfiguration, emr_backends
 from moto.iam.models import ManagedPolicy, Role, iam_backends
 from moto.s3.models import FakeBucket, s3_backends
 
@@ -50,6 +52,8 @@ def _apply_bucket_properties(bucket_name: str, properties: dict[str, Any], accou
         backend.put_bucket_ownership_controls(
             bucket_name, properties["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
         )
+    if "VersioningConfiguration" in properties:
+        backend.put_bucket_versioning(bucket_name, properties["VersioningConfiguration"]["Status"])
     if "LifecycleConfiguration" in properties:
         rules = []
         for rule in properties["LifecycleConfiguration"]["Rules"]:
@@ -58,6 +62,9 @@ def _apply_bucket_properties(bucket_name: str, properties: dict[str, Any], accou
             api_rule: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"], "Prefix": rule.get("Prefix", "")}
             if "ExpirationInDays" in rule:
                 api_rule["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+            if "NoncurrentVersionExpiration" in rule:
+                days = int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+                api_rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": days}
             if "AbortIncompleteMultipartUpload" in rule:
                 days = int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
                 api_rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": days}
@@ -234,7 +241,7 @@ class MotoCloudFormationCompletion:
         ) -> None:
             ec2 = ec2_backends[account_id][region_name]
             for endpoint in list(ec2.vpc_end_points.values()):
-                if resource_name in endpoint.route_table_ids and endpoint.state != "deleted":
+                if resource_name in (endpoint.route_table_ids or []) and endpoint.state != "deleted":
                     ec2.delete_vpc_endpoints([endpoint.id])  # it removes its routes from this table
             for association_id in list(ec2.get_route_table(resource_name).associations):
                 ec2.disassociate_route_table(association_id)
@@ -265,6 +272,29 @@ class MotoCloudFormationCompletion:
         self._patch(VPCGatewayAttachment, "delete_from_cloudformation_json", classmethod(delete_gateway_attachment))
         self._patch(InternetGateway, "delete_from_cloudformation_json", classmethod(delete_internet_gateway))
         self._patch(VPCEndPoint, "delete_from_cloudformation_json", classmethod(delete_vpc_endpoint))
+
+        def delete_security_configuration(
+            cls: type, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+        ) -> None:
+            emr_backends[account_id][region_name].delete_security_configuration(resource_name)  # the name
+
+        def update_security_configuration(
+            cls: type,
+            original_resource: Any,
+            new_resource_name: str,
+            cloudformation_json: Any,
+            account_id: str,
+            region_name: str,
+        ) -> Any:
+            # A security configuration cannot change in place on AWS either; an update that keeps it keeps it.
+            return original_resource
+
+        self._patch(
+            SecurityConfiguration, "delete_from_cloudformation_json", classmethod(delete_security_configuration)
+        )
+        self._patch(
+            SecurityConfiguration, "update_from_cloudformation_json", classmethod(update_security_configuration)
+        )
         return self
 
     def uninstall(self) -> None:

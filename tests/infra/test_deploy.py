@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from moto.emr.models import emr_backends
+from moto.kms.models import kms_backends
+from moto.s3.models import s3_backends
 
 from fruits_dag import settings as dag_settings
 from infra import deploy
@@ -67,6 +70,50 @@ def test_the_ops_topic_is_deployed_and_named_for_the_dag(moto: Any, stack: dict[
     attributes = moto.client("sns").get_topic_attributes(TopicArn=arn)["Attributes"]
     assert attributes["TopicArn"] == arn
     assert deploy.airflow_variables(stack["outputs"])["fruits_alert_topic_arn"] == arn
+
+
+def test_the_originals_are_versioned_and_old_versions_expire(moto: Any, stack: dict[str, Any]) -> None:
+    s3 = moto.client("s3")
+    assert s3.get_bucket_versioning(Bucket=stack["bucket"])["Status"] == "Enabled"
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=stack["bucket"])["Rules"]
+    noncurrent = {
+        r["Prefix"]: r["NoncurrentVersionExpiration"]["NoncurrentDays"]
+        for r in rules
+        if "NoncurrentVersionExpiration" in r
+    }
+    # The only copies of the photos keep overwritten or deleted versions for 90 days; what Spark rewrites, a day.
+    assert noncurrent == {
+        "uploads/": 90,
+        "datasets/": 90,
+        **dict.fromkeys(["stages/", "models/", "reports/", "code/", "logs/", "locks/"], 1),
+    }
+    # A deleted upload can be brought back (in-process: over moto's plain HTTP the TLS-only policy refuses writes).
+    backend = s3_backends[moto.account]["aws"]
+    first = backend.put_object(stack["bucket"], "uploads/2026-05-01/IMG_1.jpg", b"the photo")
+    backend.delete_object(stack["bucket"], "uploads/2026-05-01/IMG_1.jpg")
+    assert backend.get_object(stack["bucket"], "uploads/2026-05-01/IMG_1.jpg") is None  # deleted...
+    old = backend.get_object(stack["bucket"], "uploads/2026-05-01/IMG_1.jpg", version_id=first.version_id)
+    assert old.value == b"the photo"  # ...and still there as an older version
+
+
+def test_the_clusters_security_configuration_encrypts_disks_and_emrfs(moto: Any, stack: dict[str, Any]) -> None:
+    name = stack["outputs"]["EmrSecurityConfigurationName"]
+    assert deploy.airflow_variables(stack["outputs"])["fruits_emr_security_configuration"] == name
+    # (In-process: moto's EMR and KMS answer from their default account, not the test's.)
+    described = emr_backends[moto.account][moto.region].security_configurations[name].security_configuration
+    config = json.loads(described) if isinstance(described, str) else described
+    encryption = config["EncryptionConfiguration"]
+    assert encryption["EnableAtRestEncryption"] is True
+    at_rest = encryption["AtRestEncryptionConfiguration"]
+    assert at_rest["S3EncryptionConfiguration"] == {"EncryptionMode": "SSE-S3"}
+    disks = at_rest["LocalDiskEncryptionConfiguration"]
+    assert (disks["EncryptionKeyProviderType"], disks["EnableEbsEncryption"]) == ("AwsKms", True)
+    kms = kms_backends[moto.account][moto.region]  # in-process, as above
+    key = kms.describe_key(disks["AwsKmsKey"])
+    assert key.enabled and key.key_state == "Enabled"
+    assert kms.get_key_rotation_status(key.id) is True
+    # No certificates given: no in-transit encryption (EMR needs the operator's certificates for it).
+    assert encryption["EnableInTransitEncryption"] is False
 
 
 def test_bucket_is_encrypted_private_and_tls_only(moto: Any, stack: dict[str, Any]) -> None:
@@ -150,9 +197,15 @@ def test_network_is_two_private_subnets_in_two_zones_tagged_for_emr(moto: Any, s
     tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": ids}])["RouteTables"]
     routes = [r for t in tables for r in t["Routes"]]
     assert not [r for r in routes if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
-    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["VpcEndpoints"]
-    assert [(e["ServiceName"], e["VpcEndpointType"]) for e in endpoints] == [("com.amazonaws.eu-west-1.s3", "Gateway")]
-    assert {t["RouteTableId"] for t in tables} <= set(endpoints[0]["RouteTableIds"])
+    endpoints = {
+        e["ServiceName"]: e
+        for e in ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["VpcEndpoints"]
+    }
+    # S3 for the data, the code and the logs; KMS for the local disks' keys (the security configuration).
+    s3, kms = endpoints.pop("com.amazonaws.eu-west-1.s3"), endpoints.pop("com.amazonaws.eu-west-1.kms")
+    assert not endpoints and s3["VpcEndpointType"] == "Gateway" and kms["VpcEndpointType"] == "Interface"
+    assert {t["RouteTableId"] for t in tables} <= set(s3["RouteTableIds"])
+    assert set(kms["SubnetIds"]) == set(ids) and kms["PrivateDnsEnabled"] is True
 
 
 def test_outputs_feed_the_dag_settings(

@@ -194,4 +194,7 @@ def cluster_config(
     scaling = managed_scaling(params)
     if scaling:
         config["ManagedScalingPolicy"] = scaling
+    if settings.emr_security_configuration:
+        # Encryption of local disks, EBS and EMRFS data (infra/template.yaml's EmrSecurityConfiguration).
+        config["SecurityConfiguration"] = settings.emr_security_configuration
     return config
