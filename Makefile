@@ -11,7 +11,7 @@ WEIGHTS ?= $(firstword $(wildcard $(SHARED)/models/mobilenet_v2_*_no_top.h5) ima
 RUN_DIR ?= $(abspath local)
 DATE ?= $(shell date -u +%F)
 
-.PHONY: venv test lint format run bench aws-deploy aws-destroy wheelhouse release constraints clean-local compose-env
+.PHONY: venv test test-quick test-deps lint format run bench aws-deploy aws-destroy wheelhouse release constraints clean-local compose-env
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
@@ -21,8 +21,23 @@ $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
 	$(PY) -m pip check
 	touch $@
 
-test: venv lint
+test: venv lint test-deps
 	$(PY) -m pytest tests
+
+# The edit loop (a few minutes): what needs no Spark job and no Airflow server: the DAG parsed, the settings, the
+# cluster request, the lease, the release's parse, the template and its deployment on moto, compose, the docs.
+QUICK_TESTS = tests/compose tests/infra tests/test_docs.py tests/dag/test_dag_structure.py tests/dag/test_helpers.py \
+	tests/dag/test_cluster_config.py tests/dag/test_job_contract.py
+test-quick: venv lint
+	$(PY) -m pytest -q $(QUICK_TESTS) tests/dag/test_lease.py -k "not a_run"
+
+# What the tests need from the system: Debian's chromium for the browser test (Playwright cannot download its own
+# browsers here). Installed when missing (as root); otherwise says what to install.
+test-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "the browser test needs /usr/bin/chromium: sudo apt-get install chromium"; exit 1; fi; \
+	fi
 
 # ruff: lint (with import order) and format check, as CI runs them.
 lint: venv
