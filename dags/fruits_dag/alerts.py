@@ -1,4 +1,4 @@
-"""What reaches a person when a night goes wrong: messages on the ops SNS topic (Variable ``fruits_alert_topic_arn``).
+"""What reaches a person when a night goes wrong: messages on the ops SNS topic (setting ``fruits_alert_topic_arn``).
 
 Three things publish there, each once:
 

@@ -70,7 +70,7 @@ def platform_tags(arch: str) -> list[str]:
 
 def wheelhouse(requirements: str, arch: str, python: str = NODE_PYTHON, timeout: float | None = None) -> Artifact:
     """The wheelhouse artifact of ``requirements`` (already without ``not-on-nodes`` lines) for ``arch``; its
-    build is killed after ``timeout`` seconds (Variable ``fruits_build_timeout``)."""
+    build is killed after ``timeout`` seconds (setting ``fruits_build_timeout``)."""
     tags = platform_tags(arch)
     key = hashlib.sha256("\n".join([python, arch, *tags, requirements]).encode()).hexdigest()[:16]
     name = f"wheelhouse-{key}-cp{python.replace('.', '')}-{arch}.tar"
