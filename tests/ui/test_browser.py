@@ -126,6 +126,9 @@ def test_trigger_from_the_form_and_read_the_report_in_the_browser(fruits_airflow
         page.goto(base + "/dags")
         page.get_by_role("link", name=DAG_ID, exact=True).first.click()
         expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}(/|$)"))
+        # The DAG's own page, rendered: the list's row has a trigger button too, and a dialog opened from the list
+        # goes away with it when the navigation completes (seen on a loaded machine).
+        expect(page.get_by_text("Latest Dag Version")).to_be_visible(timeout=30_000)
         expect(page.get_by_role("button", name="Trigger")).to_be_visible()
 
     dialog = page.get_by_role("dialog")
