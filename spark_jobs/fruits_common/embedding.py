@@ -45,7 +45,7 @@ def download_imagenet_weights() -> str:
             "could not download the MobileNetV2 ImageNet weights "
             f"({type(exc).__name__}: {exc}). Without internet access, pass the weights file: "
             f"--weights /path/to/{WEIGHTS_FILE_NAME} (or an s3:// URI), or put that file in "
-            "~/.keras/models/ (Makefile: WEIGHTS=...; DAG: Variable fruits_weights)."
+            "~/.keras/models/ (Makefile: WEIGHTS=...; DAG: setting fruits_weights)."
         ) from exc
 
 
