@@ -11,7 +11,9 @@ marker) are in ``test_emr_end_to_end.py``, and every sensor's success is its hap
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -100,15 +102,36 @@ def test_a_deferred_step_watcher_times_out_and_the_cluster_still_ends(moto_endpo
     assert cluster["Status"]["State"] == "TERMINATED"
 
 
-def test_the_uploads_sensor_reschedules_until_the_uploads_arrive(moto_endpoint, weights, bucket):
+def _reschedules(db: Path) -> int:
+    """The last ``task_reschedule`` row of ``wait_for_uploads`` in the metadata database (0: none)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
+        (last,) = connection.execute(
+            "SELECT coalesce(max(r.id), 0) FROM task_reschedule r JOIN task_instance t ON t.id = r.ti_id"
+            " WHERE t.dag_id = 'fruits_pipeline' AND t.task_id = 'wait_for_uploads'"
+        ).fetchone()
+    return last
+
+
+def test_the_uploads_sensor_reschedules_until_the_uploads_arrive(moto_endpoint, weights, bucket, airflow_db):
     """Nothing uploaded when the run starts: the sensor pokes, gives its slot back, and succeeds once they come."""
-    late = threading.Timer(12, upload, args=(bucket,))
+    before = _reschedules(airflow_db)
+    done = threading.Event()
+
+    def upload_after_the_first_reschedule() -> None:
+        # Not after a fixed delay: on a slow machine the run may reach the sensor after the uploads came.
+        while not done.wait(0.5):
+            if _reschedules(airflow_db) > before:
+                upload(bucket)
+                return
+
+    late = threading.Thread(target=upload_after_the_first_reschedule, daemon=True)
     late.start()
     try:
         with EmrEmulator():
-            result = dags_test(DATE, env(moto_endpoint, weights, sensor_timeout=60))
+            result = dags_test(DATE, env(moto_endpoint, weights, sensor_timeout=120))
     finally:
-        late.cancel()
+        done.set()
+        late.join()
     assert result.returncode == 0, result.explain()
     assert set(result.states.values()) == {"success"}, result.states
     log = result.log("wait_for_uploads")
