@@ -1,0 +1,100 @@
+"""The pipeline's jobs on a real multi-process Spark cluster (standalone master, two workers), with the command
+lines of the run plan, against the same jobs on ``local[2]``: the same rows, with and without faults.
+
+Faults (each run's outputs compared with the fault-free local run's, row for row: nothing lost, nothing twice):
+a worker lost (SIGKILL of its process group) in the middle of clean and of embed, a Python worker killed in the
+middle of a task, and a job whose driver died midway run again, as Airflow retries a step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from pipeline_jobs import STAGES, Run, Submitted, new_run, run_jobs, submit
+from spark_cluster import DriverUi, SparkCluster, free_port, wait_until
+
+from fruits_dag.plan import Layout
+
+
+def test_the_four_jobs_on_the_cluster_give_the_rows_of_a_local_run(cluster, local_run, uploads, weights_file, tmp_path):
+    run = new_run(tmp_path / "root", uploads, weights_file)
+    run_jobs(run.plan, ["clean", "embed", "pca", "report"], cluster.url, tmp_path / "logs")
+
+    expected, got = local_run.rows(), run.rows()
+    for name in STAGES:
+        assert got[name] == expected[name], name
+    assert len(got["clean"]) == 64 and len(got["embed"]) == 64 and len(got["rejected"]) > 10
+    report = json.loads((tmp_path / "root" / "reports" / run.plan.run_date.isoformat() / "report.json").read_text())
+    local = json.loads((local_run.root / "reports" / local_run.plan.run_date.isoformat() / "report.json").read_text())
+    assert report["kept"] == local["kept"] == 64 and report["k"] == local["k"]
+    # The jobs really ran on the cluster's executors, in their own processes.
+    assert all(list(w.work_dir.glob("app-*/*/stderr")) for w in cluster.running), "an executor on each worker"
+
+
+# -- faults -----------------------------------------------------------------------------------------------------------
+def start_midway(job_name: str, run: Run, cluster: SparkCluster, logs: Path, attempt: str = "") -> Submitted:
+    """Submit the run's job ``job_name`` to the cluster; return once some of a stage's tasks run and others have
+    not finished (the moment to inject a fault)."""
+    ui = DriverUi(free_port())
+    job = submit(run.plan.job(job_name), cluster.url, logs, ui_port=ui.port, attempt=attempt)
+
+    def midway() -> dict | str | None:
+        if job.proc.poll() is not None:
+            return f"ended with {job.proc.returncode}"
+        return ui.midway()
+
+    state = wait_until(midway, f"{job_name} running tasks", timeout=300, interval=0.2)
+    assert isinstance(state, dict), f"{job_name} {state} before any fault could be injected:\n{job.output[-3000:]}"
+    return job
+
+
+def with_clean_of(reference: Run, run: Run) -> Run:
+    """``run`` with the clean dataset of ``reference`` already in its storage, for embed to read."""
+    shutil.copytree(Layout(str(reference.root)).stage("clean"), Layout(str(run.root)).stage("clean"))
+    return run
+
+
+@pytest.mark.parametrize("job_name", ["clean", "embed"])
+def test_a_worker_lost_in_the_middle_of_a_job_changes_no_row(
+    job_name, cluster, local_run, uploads, weights_file, tmp_path
+):
+    run = new_run(tmp_path / "root", uploads, weights_file)
+    if job_name == "embed":
+        with_clean_of(local_run, run)
+    job = start_midway(job_name, run, cluster, tmp_path / "logs")
+    cluster.kill_worker(cluster.busy_worker())  # the node is gone: its executor, Python workers and shuffle files
+
+    assert job.wait() == 0, job.output[-5000:]
+    assert "Lost executor" in job.output, job.output[-3000:]
+    names = ("clean", "rejected") if job_name == "clean" else ("embed",)
+    assert run.rows(names) == local_run.rows(names)
+
+
+def test_a_python_worker_killed_in_the_middle_of_a_task_is_retried(cluster, local_run, uploads, weights_file, tmp_path):
+    run = with_clean_of(local_run, new_run(tmp_path / "root", uploads, weights_file))
+    job = start_midway("embed", run, cluster, tmp_path / "logs")
+    victims = wait_until(cluster.python_workers, "a Python worker running", timeout=60, interval=0.1)
+    os.kill(victims[0].pid, signal.SIGKILL)
+
+    assert job.wait() == 0, job.output[-5000:]
+    assert "Python worker exited unexpectedly" in job.output, job.output[-3000:]
+    assert run.rows(("embed",)) == local_run.rows(("embed",))
+
+
+def test_a_job_run_again_after_its_driver_died_midway_leaves_no_duplicate(
+    cluster, local_run, uploads, weights_file, tmp_path
+):
+    """As when Airflow retries a step whose attempt died: embed killed midway (tasks had written their files,
+    the job had not committed), then run again. (clean's re-runs: tests/jobs/test_job_clean.py.)"""
+    run = with_clean_of(local_run, new_run(tmp_path / "root", uploads, weights_file))
+    job = start_midway("embed", run, cluster, tmp_path / "logs")
+    os.killpg(job.proc.pid, signal.SIGKILL)  # the driver and its Python side, with whatever it had written
+    job.wait()
+    again = submit(run.plan.job("embed"), cluster.url, tmp_path / "logs", attempt="-again")
+    assert again.wait() == 0, again.output[-5000:]
+    assert run.rows(("embed",)) == local_run.rows(("embed",))
