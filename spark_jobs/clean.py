@@ -163,6 +163,17 @@ def _listing_verdict(length: int) -> images.CleanImage | None:
     return None
 
 
+def _input_root(spark: SparkSession, uri: str) -> str | None:
+    """The input folder as Spark reports paths (``file:/a/b``, ``s3://bucket/prefix``), None when it is missing.
+
+    S3 folders are checked through PyArrow, like their listing and reads: the input side of clean needs no Hadoop
+    S3 connector (EMRFS on EMR), so a Spark without one (the tests' cluster) reads uploads from S3 too.
+    """
+    if files.is_s3(uri):
+        return uri.rstrip("/") if files.s3_folder_exists(uri) else None
+    return storage.qualify(spark, uri) if storage.exists(spark, uri) else None
+
+
 def _label_root(path: str, input_roots: list[str]) -> str | None:
     """The input folder a file was found under (the longest matching one)."""
     return max((r for r in input_roots if path.startswith(r.rstrip("/") + "/")), key=len, default=None)
@@ -269,10 +280,9 @@ def _run(
     skip_accounted_since: dt.date | None,
     skip_accounted: bool,
 ) -> dict:
-    existing = [i for i in inputs if storage.exists(spark, i)]
-    if not existing:
+    input_roots = [root for root in (_input_root(spark, i) for i in inputs) if root is not None]
+    if not input_roots:
         raise JobError(f"input folder does not exist: {', '.join(inputs)}")
-    input_roots = [storage.qualify(spark, i) for i in existing]
     partition = f"{schemas.PARTITION_COLUMN}={run_date.isoformat()}"
     cores = spark.sparkContext.defaultParallelism
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -19,18 +21,33 @@ S3_SCHEMES = ("s3", "s3a", "s3n")
 # The length a listing gives an entry that is not a regular file it can read (a dangling link, a socket): clean
 # records it as unreadable instead of dropping it.
 NOT_A_FILE = -1
+# Tries of one request by PyArrow's S3 client (its standard retry strategy, with backoff).
+S3_CLIENT_ATTEMPTS = 10
+# Reads of one object from S3 before a transient failure fails the task (which Spark then retries).
+S3_READ_ATTEMPTS = 5
+# What PyArrow's S3 errors say when another try may succeed.
+S3_TRANSIENT_ERRORS = (
+    "NETWORK_CONNECTION",
+    "INTERNAL_FAILURE",
+    "SLOW_DOWN",
+    "SERVICE_UNAVAILABLE",
+    "THROTTLING",
+    "REQUEST_TIMEOUT",
+    "Failed to flush response stream",
+    "curlCode",
+)
 
 
 def read_bytes(path: str) -> bytes:
     """The whole content of the file at ``path`` (``file:/a/b.jpg``, ``/a/b.jpg`` or ``s3://bucket/key``).
 
-    Raises ``OSError`` (``FileNotFoundError`` included) when it cannot be read.
+    Raises ``OSError`` (``FileNotFoundError`` included) when it cannot be read, and :class:`S3ReadError` when S3
+    kept failing transiently (throttled, connection lost) after :data:`S3_READ_ATTEMPTS` tries.
     """
     scheme, _, rest = path.partition(":")
     if scheme in S3_SCHEMES:
         bucket, _, key = rest.removeprefix("//").partition("/")
-        with _s3(bucket).open_input_stream(f"{bucket}/{key}") as stream:
-            return stream.read()
+        return _read_s3(bucket, key)
     if scheme == "file":
         path = "/" + rest.lstrip("/")  # file:/a, file:///a -> /a (Spark reports paths unencoded)
     elif scheme and len(scheme) > 1 and "/" not in scheme:
@@ -39,13 +56,43 @@ def read_bytes(path: str) -> bytes:
         return stream.read()
 
 
+class S3ReadError(RuntimeError):
+    """S3 failed transiently on every try. Not an ``OSError`` on purpose: the file is not unreadable, the task
+    fails and Spark runs it again (clean records ``OSError`` as a rejection, which later runs would skip)."""
+
+
+def _transient(exc: OSError) -> bool:
+    """Whether an error of PyArrow's S3 client is worth another try: throttling, 5xx, a connection lost mid-answer
+    (``Failed to flush response stream``), as opposed to a missing key or a denied access."""
+    text = str(exc)
+    return not isinstance(exc, FileNotFoundError | PermissionError) and any(
+        marker in text for marker in S3_TRANSIENT_ERRORS
+    )
+
+
+def _read_s3(bucket: str, key: str) -> bytes:
+    """The object's bytes, tried again with jittered backoff while S3 fails transiently. The client's own retries
+    cover the request; these cover the response stream breaking after its headers came, which it does not retry."""
+    for attempt in range(1, S3_READ_ATTEMPTS + 1):
+        try:
+            with _s3(bucket).open_input_stream(f"{bucket}/{key}") as stream:
+                return stream.read()
+        except OSError as exc:
+            if not _transient(exc):
+                raise
+            if attempt == S3_READ_ATTEMPTS:
+                raise S3ReadError(f"s3://{bucket}/{key}: {exc} (after {attempt} tries)") from exc
+            time.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
 @functools.cache
 def _s3(bucket: str):
     """One PyArrow S3 filesystem per bucket and worker process, in the bucket's region."""
     from pyarrow import fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    retries = fs.AwsStandardS3RetryStrategy(max_attempts=10)  # throttling and 5xx of a busy prefix
+    retries = fs.AwsStandardS3RetryStrategy(max_attempts=S3_CLIENT_ATTEMPTS)  # throttling, 5xx of a busy prefix
     if endpoint:
         parts = urlsplit(endpoint)
         return fs.S3FileSystem(
@@ -73,6 +120,23 @@ def locate(uri: str) -> tuple[object, str, Callable[[str], str]]:
     else:
         path = uri
     return fs.LocalFileSystem(), path.rstrip("/") or "/", lambda p: f"file:{p}"
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` is an S3 URI (``s3://``, ``s3a://``, ``s3n://``)."""
+    return uri.partition(":")[0] in S3_SCHEMES
+
+
+def s3_folder_exists(uri: str) -> bool:
+    """Whether anything is stored under the S3 folder (prefix) or at the key ``uri``; one request."""
+    filesystem, path, _ = locate(uri)
+    return filesystem.get_file_info(path).type != _file_type().NotFound
+
+
+def _file_type():
+    from pyarrow import fs
+
+    return fs.FileType
 
 
 def list_folder(uri: str, recursive: bool) -> tuple[list[tuple[str, int]], list[str]]:

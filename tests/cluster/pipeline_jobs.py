@@ -133,6 +133,8 @@ def rows(folder: Path | str, relative_to: str | None = None) -> list[tuple]:
     frame = table.to_pandas()
     if relative_to is not None:
         frame["path"] = frame["path"].str.removeprefix(relative_to)
+        if "detail" in frame:  # "same content as <path>"
+            frame["detail"] = frame["detail"].str.replace(relative_to, "", regex=False)
     columns = sorted(frame.columns)
     return sorted(tuple(_value(record[c]) for c in columns) for record in frame.to_dict("records"))
 

@@ -31,6 +31,7 @@ SPARK_CLASS = SPARK_HOME / "bin" / "spark-class"
 SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+WORKER_TIMEOUT = 15  # seconds without a heartbeat before the master takes a worker for lost
 
 
 def free_port() -> int:
@@ -127,8 +128,8 @@ class SparkCluster:
     def start(self) -> SparkCluster:
         """Start the master, then the workers; return once every worker has registered."""
         self.home.mkdir(parents=True, exist_ok=True)
-        # The master forgets a lost worker after 10 s (default 60 s) and keeps no finished application's UI.
-        master_opts = "-Dspark.worker.timeout=10 -Dspark.deploy.retainedApplications=4"
+        # The master forgets a lost worker after WORKER_TIMEOUT s (default 60 s); keeps few finished applications.
+        master_opts = f"-Dspark.worker.timeout={WORKER_TIMEOUT} -Dspark.deploy.retainedApplications=4"
         self.master = self._spawn(
             "master",
             [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.ui_port)],
@@ -164,7 +165,12 @@ class SparkCluster:
                 self.url,
             ],
             # Executors' shuffle and spill files go to the worker's own scratch directory.
-            {"SPARK_WORKER_DIR": str(work_dir), "SPARK_LOCAL_DIRS": str(work_dir / "scratch")},
+            {
+                "SPARK_WORKER_DIR": str(work_dir),
+                "SPARK_LOCAL_DIRS": str(work_dir / "scratch"),
+                # A worker heartbeats every quarter of ITS timeout: the same as the master's, or it is dropped.
+                "SPARK_WORKER_OPTS": f"-Dspark.worker.timeout={WORKER_TIMEOUT}",
+            },
         )
         worker = Worker(index, work_dir, ui_port, proc)
         self.running.append(worker)

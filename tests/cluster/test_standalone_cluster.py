@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_jobs import STAGES, Run, Submitted, new_run, run_jobs, submit
+from s3_faults import FaultyS3Proxy
 from spark_cluster import DriverUi, SparkCluster, free_port, wait_until
 
 from fruits_dag.plan import Layout
@@ -98,3 +99,40 @@ def test_a_job_run_again_after_its_driver_died_midway_leaves_no_duplicate(
     again = submit(run.plan.job("embed"), cluster.url, tmp_path / "logs", attempt="-again")
     assert again.wait() == 0, again.output[-5000:]
     assert run.rows(("embed",)) == local_run.rows(("embed",))
+
+
+def test_clean_reads_uploads_from_an_s3_that_throttles_and_drops_connections(
+    cluster, local_run, uploads, weights_file, moto_endpoint, tmp_path
+):
+    """clean's listing and reads go to S3 (moto) through a proxy answering 503 SlowDown to one request in five
+    and dropping the connection of one in eleven: the S3 client's retries absorb it, the rows are the same."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    bucket = "fruits-throttled"
+    s3.create_bucket(Bucket=bucket)
+    for file in sorted(p for p in uploads.rglob("*") if p.is_file()):
+        s3.put_object(Bucket=bucket, Key=f"uploads/{file.relative_to(uploads)}", Body=file.read_bytes())
+
+    with FaultyS3Proxy(moto_endpoint) as proxy:
+        aws = {
+            "AWS_ENDPOINT_URL_S3": proxy.url,
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        run = new_run(tmp_path / "root", f"s3://{bucket}/uploads", weights_file)
+        job = submit(
+            run.plan.job("clean"),
+            cluster.url,
+            tmp_path / "logs",
+            conf={f"spark.executorEnv.{k}": v for k, v in aws.items()},  # the executors' S3 reads
+            env=aws,  # the driver's first listing levels
+        )
+        assert job.wait() == 0, job.output[-5000:]
+    assert proxy.counts["slowdown"] >= 5 and proxy.counts["dropped"] >= 3, proxy.counts
+    names = ("clean", "rejected")
+    assert run.rows(names, relative_to=f"s3://{bucket}/uploads") == local_run.rows(names, relative_to=f"file:{uploads}")
