@@ -32,11 +32,17 @@ test-quick: venv lint
 	$(PY) -m pytest -q $(QUICK_TESTS) tests/dag/test_lease.py -k "not a_run"
 
 # What the tests need from the system: Debian's chromium for the browser test (Playwright cannot download its own
-# browsers here). Installed when missing (as root); otherwise says what to install.
+# browsers here) and Debian's postgresql for the Airflow of tests/stack (its server binaries, run by the tests
+# themselves; the package's own cluster is not used). Installed when missing (as root); otherwise says what to install.
 test-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "the browser test needs /usr/bin/chromium: sudo apt-get install chromium"; exit 1; fi; \
+	fi
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql; \
+	  else echo "tests/stack needs PostgreSQL's server (/usr/lib/postgresql/*/bin): sudo apt-get install postgresql"; \
+	  exit 1; fi; \
 	fi
 
 # ruff: lint (with import order) and format check, as CI runs them.

@@ -1,14 +1,16 @@
-"""Shared test fixtures: the real sample images and MobileNetV2 weights on this machine, and a moto server as AWS."""
+"""Shared test fixtures: the real sample images and MobileNetV2 weights on this machine, a moto server as AWS with
+boto3 clients on it, and the stand-in artifacts of the EMR tests (tests/dag, tests/stack)."""
 
 from __future__ import annotations
 
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from repo import REPO_ROOT, SAMPLE_DIR, WEIGHTS_FILE
+from repo import REPO_ROOT, SAMPLE_DIR, STAND_IN_WHEELHOUSE, WEIGHTS_FILE
 
 # The jobs, the DAG's package and the make-run tools are imported by tests the way spark-submit, Airflow (which
 # puts the DAG bundle's folder on sys.path) and `make run` import them.
@@ -43,3 +45,33 @@ def moto_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def boto(moto_endpoint: str):
+    """boto3 clients on the moto server: ``boto("s3")``."""
+    import boto3
+
+    def client(service: str):
+        return boto3.client(
+            service,
+            endpoint_url=moto_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    return client
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """Stand-ins for the EMR tests: the MobileNetV2 ONNX export (a given .onnx is staged as is, bytes copied) and,
+    beside it, a prebuilt x86_64 wheelhouse (staged and passed to the bootstrap, which moto never runs). The real
+    export and a real wheelhouse are tested in tests/dag/test_artifacts.py."""
+    folder = tmp_path_factory.mktemp("weights")
+    with tarfile.open(folder / STAND_IN_WHEELHOUSE, "w") as archive:
+        archive.addfile(tarfile.TarInfo("requirements.txt"))
+    path = folder / "mobilenet_v2_test.onnx"
+    path.write_bytes(b"ONNX stand-in " * 1000)
+    return path

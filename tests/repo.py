@@ -25,6 +25,8 @@ AIRFLOW = str(VENV_BIN / "airflow")
 DAG_ID = "fruits_pipeline"
 # The pipeline's one Variable (dags/fruits_dag/settings.py), as an environment variable.
 SETTINGS_ENV = "AIRFLOW_VAR_FRUITS_SETTINGS"
+# The prebuilt wheelhouse the EMR tests stage (made beside the stand-in weights by the ``weights`` fixture).
+STAND_IN_WHEELHOUSE = "wheelhouse-test-cp311-x86_64.tar"
 
 
 def with_settings(env: dict[str, str], **settings: Any) -> dict[str, str]:

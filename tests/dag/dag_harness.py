@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repo import AIRFLOW, DAG_ID, REPO_ROOT, SETTINGS_ENV, airflow_env, with_settings  # noqa: F401  (for the tests)
+from repo import (  # noqa: F401  (for the tests)
+    AIRFLOW,
+    DAG_ID,
+    REPO_ROOT,
+    SETTINGS_ENV,
+    STAND_IN_WHEELHOUSE,
+    airflow_env,
+    with_settings,
+)
 
 # Airflow reads its configuration when first imported: point it at a private home before any test imports it.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="fruits-dag-tests-"))
@@ -119,9 +127,6 @@ def aws_connection(endpoint: str) -> str:
             "extra": {"region_name": "us-east-1", "endpoint_url": endpoint},
         }
     )
-
-
-STAND_IN_WHEELHOUSE = "wheelhouse-test-cp311-x86_64.tar"
 
 
 def emr_variables(endpoint: str, bucket: str, weights: Path) -> dict[str, str]:

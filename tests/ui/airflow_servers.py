@@ -2,6 +2,8 @@
 
 Everything lives in a temporary AIRFLOW_HOME with SQLite (the settings of ``repo.airflow_env`` plus the servers'
 own); the servers listen on 127.0.0.1 on a free port, with the simple auth manager and a known admin password.
+``env_source`` replaces those settings with others (``tests/stack``: the environment of docker-compose.yaml on a
+PostgreSQL database), and ``start``/``kill`` act on single components too.
 Every process the harness starts runs in its own process group and is stopped by its PID (SIGINT, then SIGTERM,
 then SIGKILL, process group first, then any descendant that left the group), also when a test fails.
 """
@@ -15,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,9 @@ class AirflowServers:
     seen: dict[int, psutil.Process] = field(default_factory=dict)
     # The pipeline's settings the tests put into the Variable fruits_settings (tests/ui/conftest.py).
     pipeline_settings: dict[str, Any] = field(default_factory=dict)
+    # The Airflow settings of the components in place of the ones of env() (given these servers: their home and
+    # port); None: the SQLite settings below. extra_env still goes on top.
+    env_source: Callable[[AirflowServers], dict[str, str]] | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -75,6 +80,10 @@ class AirflowServers:
         AIRFLOW__*, Variables, Connections), the tests' base settings, the servers' own, then ``extra_env``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        if self.env_source is not None:
+            env.update(self.env_source(self))
+            env.update(self.extra_env)
+            return env
         env.update(
             airflow_env(
                 self.home,
@@ -117,11 +126,14 @@ class AirflowServers:
         if result.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
-    def start(self) -> None:
-        """Start every component, each in a process group of its own, logging to ``log_dir``."""
+    def start(self, components: Iterable[str] | None = None) -> None:
+        """Start every component (or only ``components``, say one that was killed), each in a process group of
+        its own, logging to ``log_dir/<component>.log`` (appended: a restarted component's log follows the old)."""
         env = self.env()
-        for component in self.components:
-            with open(self.log_dir / f"{component}.log", "wb") as log:
+        for component in self.components if components is None else components:
+            assert component in self.components, f"{component} is not one of {self.components}"
+            assert component not in self.procs or self.procs[component].poll() is not None, f"{component} runs"
+            with open(self.log_dir / f"{component}.log", "ab") as log:
                 # A session of its own: the process group id is the PID, so the whole group can be signalled.
                 self.procs[component] = subprocess.Popen(
                     [AIRFLOW, component],
@@ -143,6 +155,27 @@ class AirflowServers:
                     self.seen.setdefault(child.pid, child)
             except psutil.NoSuchProcess:
                 continue
+
+    def kill(self, component: str) -> list[int]:
+        """SIGKILL the component's process group (what a crash or an OOM kill of its host does) and wait until it is
+        gone; returns the PIDs of the group's processes. A descendant that left the group lives on (it is tracked
+        and stopped by :meth:`stop`)."""
+        self.track()
+        proc = self.procs[component]
+        pids = [proc.pid]
+        try:
+            pids += [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if _pgid(c.pid) == proc.pid]
+        except psutil.NoSuchProcess:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        end = time.monotonic() + 30
+        while _group_alive(proc.pid) and time.monotonic() < end:
+            time.sleep(0.2)
+        return pids
 
     def check_alive(self) -> None:
         """Raise with the logs when a component has exited."""
@@ -181,11 +214,13 @@ class AirflowServers:
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ REST API
-    def wait_healthy(self, timeout: float = 180) -> dict:
-        """Wait until the metadatabase, the scheduler (and the DAG processor, when started) report healthy."""
+    def wait_healthy(self, timeout: float = 180, wanted: Sequence[str] | None = None) -> dict:
+        """Wait until the metadatabase, the scheduler (and the DAG processor, when started) report healthy, or
+        the parts of ``/monitor/health`` named in ``wanted`` (``triggerer``...)."""
         deadline = time.monotonic() + timeout
         last: object = None
-        wanted = ["metadatabase", "scheduler"] + (["dag_processor"] if "dag-processor" in self.components else [])
+        if wanted is None:
+            wanted = ["metadatabase", "scheduler"] + (["dag_processor"] if "dag-processor" in self.components else [])
         while time.monotonic() < deadline:
             self.check_alive()
             try:
@@ -314,6 +349,13 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _group_alive(pgid: int) -> bool:
