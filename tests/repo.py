@@ -1,4 +1,5 @@
-"""Where things are: the repository, the shared sample images and weights, and the Airflow environment of tests.
+"""Where things are: the repository, the shared sample images and weights, the Airflow environment of tests, and
+the free port on 127.0.0.1 a test server listens on.
 
 The one place the tests' paths and Airflow settings are defined; the DAG and UI harnesses build on it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,3 +52,10 @@ def airflow_env(home: Path, **overrides: str) -> dict[str, str]:
         "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
         **overrides,
     }
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on 127.0.0.1): where a test starts a server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

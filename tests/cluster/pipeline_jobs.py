@@ -12,7 +12,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,7 @@ def plan_run(root: Path, uploads: str, weights: Path, day: dt.date = RUN_DATE) -
     clean = plan.job("clean")
     args = list(clean.args)
     args[args.index("--input") + 1] = uploads
-    jobs = [JobRun(**{**job.__dict__, "args": args}) if job is clean else job for job in plan.jobs]
-    return RunPlan(**{**plan.__dict__, "jobs": jobs})
+    return replace(plan, jobs=[replace(j, args=args) if j is clean else j for j in plan.jobs])
 
 
 @dataclass

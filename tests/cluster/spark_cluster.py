@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,19 +25,14 @@ import psutil
 import pyspark
 import requests
 
+from repo import free_port
+
 SPARK_HOME = Path(pyspark.__file__).parent
 SPARK_CLASS = SPARK_HOME / "bin" / "spark-class"
 SPARK_SUBMIT = Path(sys.executable).with_name("spark-submit")
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 WORKER_TIMEOUT = 15  # seconds without a heartbeat before the master takes a worker for lost
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (on 127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float, interval: float = 0.5) -> Any:
@@ -210,15 +204,6 @@ class SparkCluster:
             self.running.remove(worker)
             self.start_worker()
         self.wait_for_workers()
-
-    def executors_pids(self) -> list[int]:
-        """PIDs of the executor JVMs the workers run now."""
-        found = []
-        for worker in self.running:
-            if worker.alive:
-                children = psutil.Process(worker.proc.pid).children(recursive=True)
-                found += [p.pid for p in children if "CoarseGrainedExecutorBackend" in " ".join(_cmdline(p))]
-        return found
 
     def python_workers(self) -> list[psutil.Process]:
         """The Python worker processes (forked by ``pyspark.daemon``) of every executor, running a task or idle."""

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from pipeline_jobs import STAGES, Run, Submitted, new_run, run_jobs, submit
 from s3_faults import FaultyS3Proxy
-from spark_cluster import DriverUi, SparkCluster, free_port, wait_until
+from spark_cluster import DriverUi, SparkCluster, wait_until
 
 from fruits_dag.plan import Layout
+from repo import free_port
 
 
 def test_the_four_jobs_on_the_cluster_give_the_rows_of_a_local_run(cluster, local_run, uploads, weights_file, tmp_path):

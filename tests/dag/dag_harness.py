@@ -152,6 +152,17 @@ SPARK_SUBMIT_OPTIONS_WITH_VALUE = {
 }
 
 
+def emr_clusters(emr_client: Any) -> dict[str, dict]:
+    """Every cluster moto knows, by id, with its tags (``tags``: a dict) and its steps (``steps``)."""
+    found = {}
+    for summary in emr_client.list_clusters()["Clusters"]:
+        cluster = emr_client.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+        cluster["tags"] = {t["Key"]: t["Value"] for t in cluster["Tags"]}
+        cluster["steps"] = emr_client.list_steps(ClusterId=summary["Id"])["Steps"]
+        found[summary["Id"]] = cluster
+    return found
+
+
 def split_spark_submit(argv: list[str]) -> tuple[dict[str, str], str, list[str]]:
     """``spark-submit [options] script args`` -> (options, script, args), the way spark-submit reads it."""
     options, index = {}, 1

@@ -28,6 +28,7 @@ from dag_harness import (
     REPO_ROOT,
     OpsTopic,
     dags_test,
+    emr_clusters,
     emr_variables,
     reset_moto,
     with_settings,
@@ -63,14 +64,7 @@ def run(moto_endpoint: str, weights: Path):
 
 def clusters(boto) -> dict[str, dict]:
     """Every cluster moto knows, by id, with its tags and whether it got steps."""
-    client = boto("emr")
-    found = {}
-    for summary in client.list_clusters()["Clusters"]:
-        cluster = client.describe_cluster(ClusterId=summary["Id"])["Cluster"]
-        cluster["tags"] = {t["Key"]: t["Value"] for t in cluster["Tags"]}
-        cluster["steps"] = client.list_steps(ClusterId=summary["Id"])["Steps"]
-        found[summary["Id"]] = cluster
-    return found
+    return emr_clusters(boto("emr"))
 
 
 def test_a_create_retry_after_an_error_following_run_job_flow_reuses_the_cluster(moto_endpoint, weights, boto, emr):

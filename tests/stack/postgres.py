@@ -16,13 +16,14 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from repo import free_port
 
 DEBIAN_BINARIES = "/usr/lib/postgresql/*/bin"
 OS_USER = "postgres"  # made by Debian's postgresql-common
@@ -41,12 +42,6 @@ def find_binaries(pattern: str = DEBIAN_BINARIES) -> Path:
             "test-deps` (as root it installs Debian's postgresql; otherwise: sudo apt-get install postgresql)"
         )
     return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -29,7 +29,7 @@ import pytest
 from airflow_stack import ComposeAirflow
 
 from airflow_servers import AirflowServers
-from dag_harness import DAG_ID, SETTINGS_ENV, emr_variables, reset_moto
+from dag_harness import DAG_ID, SETTINGS_ENV, emr_clusters, emr_variables, reset_moto
 from fruits_dag.plan import STEP_NAMES
 from moto_emr import EmrEmulator, _utcnow, job_markers, job_report
 
@@ -127,14 +127,7 @@ class Night:
         )
 
     def clusters(self) -> dict[str, dict]:
-        client = self.boto("emr")
-        found = {}
-        for summary in client.list_clusters()["Clusters"]:
-            cluster = client.describe_cluster(ClusterId=summary["Id"])["Cluster"]
-            cluster["tags"] = {t["Key"]: t["Value"] for t in cluster["Tags"]}
-            cluster["steps"] = client.list_steps(ClusterId=summary["Id"])["Steps"]
-            found[summary["Id"]] = cluster
-        return found
+        return emr_clusters(self.boto("emr"))
 
 
 @pytest.fixture(scope="module")

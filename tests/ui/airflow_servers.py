@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,19 +24,12 @@ from typing import Any
 import psutil
 import requests
 
-from repo import AIRFLOW, VENV_BIN, airflow_env
+from repo import AIRFLOW, VENV_BIN, airflow_env, free_port
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "ui-test-" + secrets.token_hex(4)
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (on 127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 80) -> str:
