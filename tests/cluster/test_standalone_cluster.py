@@ -84,7 +84,10 @@ def test_a_python_worker_killed_in_the_middle_of_a_task_is_retried(cluster, loca
     os.kill(victims[0].pid, signal.SIGKILL)
 
     assert job.wait() == 0, job.output[-5000:]
-    assert "Python worker exited unexpectedly" in job.output, job.output[-3000:]
+    # The executor saw its Python worker go (how depends on when: "Python worker exited unexpectedly" or the
+    # socket's "Connection reset") and the task was tried again.
+    lost = [line for line in job.output.splitlines() if "Lost task" in line]
+    assert any("Python worker exited unexpectedly" in line or "Connection reset" in line for line in lost), lost
     assert run.rows(("embed",)) == local_run.rows(("embed",))
 
 

@@ -5,7 +5,8 @@ Stock moto leaves the first step RUNNING and the others PENDING forever and does
 ``AutoTerminationPolicy``. :class:`EmrEmulator` patches the moto server's backend (which runs in the test process)
 so that, each time a client looks at a cluster's steps (``DescribeStep``, ``ListSteps``):
 
-* the running step completes once it has run ``step_seconds``, and the next pending step starts;
+* the running step completes once it has run ``step_seconds`` and has been looked at ``min_looks`` times while
+  running (so a watcher sees it RUNNING however late it first looks), and the next pending step starts;
 * a completing step writes its job's ``_SUCCESS`` markers into moto's S3, where the job contract puts them,
   and the report step its ``report.json`` (:attr:`EmrEmulator.report`: figures a test chooses); the jobs do not
   run: nothing else is written;
@@ -83,8 +84,10 @@ def job_report(args: list[str]) -> str | None:
 class EmrEmulator:
     """Installs the step behaviour described in the module docstring; use as a context manager."""
 
-    def __init__(self, step_seconds: float = 0.0) -> None:
+    def __init__(self, step_seconds: float = 0.0, min_looks: int = 0) -> None:
         self.step_seconds = step_seconds
+        self.min_looks = min_looks
+        self._looks: dict[str, int] = {}  # step id -> calls that found it RUNNING
         self.fail_steps: set[str] = set()
         self.silent_steps: set[str] = set()
         # What the report step "writes" as report.json: a night that read and kept two photos, unless a test says.
@@ -215,7 +218,8 @@ class EmrEmulator:
                 # RUNNING (moto creates the first step RUNNING without a start time)
                 if step.start_date_time is None:
                     step.start_date_time = _utcnow()
-                if (_utcnow() - step.start_date_time).total_seconds() < self.step_seconds:
+                self._looks[step.id] = looks = self._looks.get(step.id, 0) + 1
+                if (_utcnow() - step.start_date_time).total_seconds() < self.step_seconds or looks < self.min_looks:
                     return
                 step.end_date_time = _utcnow()
                 if step.name in self.fail_steps:

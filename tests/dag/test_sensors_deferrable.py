@@ -65,7 +65,9 @@ def test_step_watchers_defer_and_the_s3_sensors_reschedule(monkeypatch):
 
 def test_a_step_watcher_defers_until_its_step_completes(moto_endpoint, weights, boto, bucket):
     upload(bucket)
-    with EmrEmulator(step_seconds=3) as emr:
+    # Each step runs 3 s and is seen RUNNING twice (the watcher's first look, then the trigger's) whenever the
+    # watcher comes: on a slow machine a step on a clock alone can end before its watcher first looks.
+    with EmrEmulator(step_seconds=3, min_looks=2) as emr:
         result = dags_test(DATE, env(moto_endpoint, weights, sensor_timeout=60))
     assert result.returncode == 0, result.explain()
     assert set(result.states.values()) == {"success"}, result.states
