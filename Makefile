@@ -21,8 +21,12 @@ $(VENV)/.installed: requirements.txt spark_jobs/requirements.txt constraints.txt
 	$(PY) -m pip check
 	touch $@
 
+# The suite on TEST_WORKERS pytest-xdist processes, one test file per process at a time (--dist loadfile keeps a
+# file's module fixtures in one process). About half of a serial run's time waits (Airflow's pokes and heartbeats,
+# servers and JVMs starting) with a core idle: the other worker fills it. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: venv lint test-deps
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 # The edit loop (a few minutes): what needs no Spark job and no Airflow server: the DAG parsed, the settings, the
 # cluster request, the lease, the release's parse, the template and its deployment on moto, compose, the docs.
